@@ -1,0 +1,390 @@
+//! A small HTTP/1.1 upstream that answers in the error dialects of SPEC §1
+//! (and a few failure modes), so the default config shows normalization
+//! working and the integration tests have a real server process to hit.
+//!
+//! Raw tokio rather than a framework, so it can misbehave on purpose:
+//! `Content-Length: 0`, chunked and close-delimited bodies, resets, garbage.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/errors/{dialect}?status=N` | that dialect (see [`DIALECTS`]) with status N |
+//! | `/slow?ms=N` | 200 after N ms |
+//! | `/bytes?n=N[&chunked=1]` | 200 with N deterministic bytes |
+//! | `/echo` | 200 JSON: method, path, the request headers, body length |
+//! | `/reset?status=N` | status N, `Content-Length: 100`, 10 bytes, then close |
+//! | `/garbage` | bytes that are not HTTP |
+//! | `/stats` | `{"requests": N}`: complete requests received before this one |
+//! | anything else | 200 `{"ok":true,...}` |
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Dialects served under `/errors/`.
+pub const DIALECTS: &[&str] = &[
+    "canonical",
+    "flat",
+    "flat-code",
+    "validation",
+    "event",
+    "message",
+    "problem",
+    "other",
+    "text",
+    "html",
+    "empty",
+    "empty-chunked",
+    "invalid-json",
+    "binary",
+    "gzip",
+    "deflate",
+    "br",
+    "large",
+    "chunked",
+    "close",
+    "bomb",
+];
+
+/// Serve forever on `addr`.
+pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    eprintln!(
+        "demo upstream listening on http://{}",
+        listener.local_addr()?
+    );
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = connection(stream).await;
+        });
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body_len: usize,
+    close: bool,
+}
+
+impl Request {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then_some(v)
+        })
+    }
+    fn param_u64(&self, name: &str, default: u64) -> u64 {
+        self.param(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+}
+
+/// Complete requests received (for tests that check what got through).
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    loop {
+        let Some(req) = read_request(&mut stream, &mut buf).await? else {
+            return Ok(());
+        };
+        if req.path != "/stats" {
+            REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let keep = respond(&mut stream, &req).await?;
+        if !keep || req.close {
+            return Ok(());
+        }
+    }
+}
+
+/// Read one request (head and body) off the connection; `None` at EOF.
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(head_len) =
+            parsed.parse(buf).map_err(|_| bad("bad request"))?
+        {
+            let target = parsed.path.unwrap_or("/").to_string();
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p.to_string(), q.to_string()),
+                None => (target, String::new()),
+            };
+            let headers: Vec<(String, String)> = parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            let mut req = Request {
+                method: parsed.method.unwrap_or("GET").to_string(),
+                path,
+                query,
+                close: get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")),
+                headers: headers.clone(),
+                body_len: 0,
+            };
+            buf.drain(..head_len);
+            if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                req.body_len = read_chunked(stream, buf).await?;
+            } else {
+                let n: usize = get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < n {
+                    if read_more(stream, buf).await? == 0 {
+                        return Err(bad("body cut short"));
+                    }
+                }
+                buf.drain(..n);
+                req.body_len = n;
+            }
+            return Ok(Some(req));
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 16384];
+    let n = stream.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// Decode a chunked body, returning its length.
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk");
+    let mut total = 0;
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if read_more(stream, buf).await? == 0 {
+                return Err(bad());
+            }
+        };
+        let size_text = std::str::from_utf8(&buf[..line_end]).map_err(|_| bad())?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad())?;
+        let need = line_end + 2 + size + 2;
+        while buf.len() < need {
+            if read_more(stream, buf).await? == 0 {
+                return Err(bad());
+            }
+        }
+        buf.drain(..need);
+        total += size;
+        if size == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+fn head(status: u16, headers: &[(&str, String)]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status,
+        crate::normalize::reason_phrase(status)
+    )
+    .into_bytes();
+    for (k, v) in headers {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn full(status: u16, ctype: &str, extra: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut headers = vec![
+        ("content-type", ctype.to_string()),
+        ("content-length", body.len().to_string()),
+    ];
+    headers.extend(extra.iter().cloned());
+    let mut out = head(status, &headers);
+    out.extend_from_slice(body);
+    out
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = e.write_all(data);
+    e.finish().unwrap_or_default()
+}
+
+/// The deterministic byte pattern `/bytes` serves.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// Write the response; returns whether the connection may be reused.
+async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool> {
+    let json = "application/json";
+    if let Some(dialect) = req.path.strip_prefix("/errors/") {
+        let status = req.param_u64("status", 0) as u16;
+        return error_dialect(stream, dialect, status).await;
+    }
+    let out = match req.path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(req.param_u64("ms", 1000))).await;
+            full(200, json, &[], br#"{"ok":true,"slow":true}"#)
+        }
+        "/bytes" => {
+            let body = pattern(req.param_u64("n", 1024) as usize);
+            if req.param("chunked") == Some("1") {
+                let mut out = head(
+                    200,
+                    &[
+                        ("content-type", "application/octet-stream".into()),
+                        ("transfer-encoding", "chunked".into()),
+                    ],
+                );
+                for piece in body.chunks(7919) {
+                    out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                out
+            } else {
+                full(200, "application/octet-stream", &[], &body)
+            }
+        }
+        "/echo" => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let body = serde_json::json!({
+                "method": req.method, "path": req.path, "headers": headers, "body_len": req.body_len,
+            });
+            full(200, json, &[], body.to_string().as_bytes())
+        }
+        "/reset" => {
+            let status = req.param_u64("status", 200) as u16;
+            let mut out = head(
+                status,
+                &[
+                    ("content-type", json.into()),
+                    ("content-length", "100".into()),
+                ],
+            );
+            out.extend_from_slice(b"{\"partial\"");
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            return Ok(false);
+        }
+        "/stats" => {
+            let n = REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
+            full(200, json, &[], format!("{{\"requests\":{n}}}").as_bytes())
+        }
+        "/garbage" => {
+            stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").await?;
+            return Ok(false);
+        }
+        _ => {
+            let body = serde_json::json!({"ok": true, "path": req.path, "method": req.method});
+            full(200, json, &[], body.to_string().as_bytes())
+        }
+    };
+    stream.write_all(&out).await?;
+    Ok(true)
+}
+
+async fn error_dialect(
+    stream: &mut TcpStream,
+    dialect: &str,
+    status: u16,
+) -> std::io::Result<bool> {
+    let json = "application/json";
+    let pick = |default: u16| if status == 0 { default } else { status };
+    let flat = br#"{"error_code":"INVALID_DOC","error_message":"Document type is not supported"}"#;
+    let out = match dialect {
+        "canonical" => full(pick(402), json, &[], br#"{"error":{"type":"card_error","code":"card_declined","message":"The card was declined.","request_id":"up_123","details":{"decline_code":"insufficient_funds"}}}"#),
+        "flat" => full(pick(400), json, &[], flat),
+        "flat-code" => full(pick(401), json, &[], br#"{"error_code":"401","error_message":"Authentication Error: invalid API key"}"#),
+        "validation" => full(pick(422), json, &[], br#"{"message":"One or more request parameters are invalid.","validation_errors":["ID is required","Name must be at most 64 characters"]}"#),
+        "event" => full(pick(500), json, &[], br#"{"eventID":"c3cc1b5e-5f0a-4b43-9d1c-0a4b1f0e2d7a","message":"Failed to do something"}"#),
+        "message" => full(pick(403), json, &[], br#"{"message":"This key cannot read documents."}"#),
+        "problem" => full(pick(409), "application/problem+json", &[], br#"{"type":"https://example.com/probs/out-of-credit","title":"You do not have enough credit.","status":409,"detail":"Your current balance is 30, but that costs 50.","instance":"/account/12345/msgs/abc","balance":30}"#),
+        "other" => full(pick(418), json, &[], br#"{"error":"teapot","hint":"try coffee"}"#),
+        "text" => full(pick(503), "text/plain", &[], b"upstream connect error or disconnect/reset before headers\n"),
+        "html" => full(pick(502), "text/html", &[], b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"),
+        "empty" => full(pick(503), "text/plain", &[], b""),
+        "empty-chunked" => {
+            let mut out = head(pick(500), &[("transfer-encoding", "chunked".into())]);
+            out.extend_from_slice(b"0\r\n\r\n");
+            out
+        }
+        "invalid-json" => full(pick(500), json, &[], b"{\"message\": \"oops"),
+        "binary" => full(pick(500), "application/octet-stream", &[], &[0, 159, 146, 150, 255, 0]),
+        "gzip" => full(pick(400), json, &[("content-encoding", "gzip".into())], &gzip(flat)),
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = e.write_all(flat);
+            full(pick(400), json, &[("content-encoding", "deflate".into())], &e.finish().unwrap_or_default())
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                let _ = w.write_all(flat);
+            }
+            full(pick(400), json, &[("content-encoding", "br".into())], &out)
+        }
+        "large" => {
+            let mut body = br#"{"message":""#.to_vec();
+            body.extend(std::iter::repeat_n(b'x', 200_000));
+            body.extend_from_slice(br#""}"#);
+            full(pick(500), json, &[], &body)
+        }
+        "chunked" => {
+            let body = br#"{"message":"Sent in pieces","validation_errors":["first","second"]}"#;
+            let mut out = head(pick(422), &[("content-type", json.into()), ("transfer-encoding", "chunked".into())]);
+            for piece in body.chunks(9) {
+                out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                out.extend_from_slice(piece);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            out
+        }
+        "close" => {
+            let mut out = head(pick(500), &[("content-type", json.into()), ("connection", "close".into())]);
+            out.extend_from_slice(br#"{"message":"Closed when done"}"#);
+            stream.write_all(&out).await?;
+            stream.shutdown().await?;
+            return Ok(false);
+        }
+        "bomb" => {
+            // 64 MiB of spaces, about 64 KiB gzipped; made once.
+            static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let bomb = BOMB.get_or_init(|| gzip(&vec![b' '; 64 * 1024 * 1024]));
+            full(pick(500), json, &[("content-encoding", "gzip".into())], bomb)
+        }
+        _ => full(404, json, &[], br#"{"message":"No such dialect."}"#),
+    };
+    stream.write_all(&out).await?;
+    Ok(true)
+}

@@ -1,0 +1,537 @@
+//! The Pingora `ProxyHttp` glue: one hook per concern, each calling into
+//! the pure modules. Data flows one way: client IP → limiter → upstream →
+//! normalizer → metrics and log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING};
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use serde_json::{json, Value};
+
+use crate::access_log::{self, AccessRecord};
+use crate::metrics::FailureKind;
+use crate::normalize::{self, Envelope, Source, UpstreamError};
+use crate::rate_limit::Decision;
+use crate::rate_limit_headers;
+use crate::request_id;
+use crate::routes::RouteId;
+use crate::runtime::Runtime;
+
+/// How long an idle pooled upstream connection is kept.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Gateway {
+    rt: Arc<Runtime>,
+}
+
+impl Gateway {
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        Gateway { rt }
+    }
+}
+
+/// An upstream error response whose body is being collected.
+struct PendingError {
+    status: u16,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    body: Vec<u8>,
+    truncated: bool,
+}
+
+/// What the client was told, for the log.
+struct SentError {
+    envelope: Envelope,
+    source: Option<Source>,
+    upstream_ref: Option<String>,
+}
+
+pub struct Ctx {
+    start: Instant,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    route: RouteId,
+    decision: Decision,
+    head: bool,
+    /// Hold a body of unknown length until it is known to fit the limit.
+    hold_request_body: bool,
+    request_body: BytesMut,
+    request_bytes: u64,
+    upstream_sent: Option<Instant>,
+    upstream_status: Option<u16>,
+    pending: Option<PendingError>,
+    sent: Option<SentError>,
+    retry_after: Option<u64>,
+    failure: Option<FailureKind>,
+    fail_code: u16,
+}
+
+fn header_str(h: &ResponseHeader, name: http::header::HeaderName) -> Option<&str> {
+    h.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Gateway {
+    /// Answer with a gateway-made error envelope (429, 413).
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        message: &str,
+        details: Value,
+    ) -> Result<()> {
+        let envelope = self
+            .rt
+            .errors
+            .gateway_error(status, message, &ctx.request_id, details);
+        let body = Bytes::from(envelope.to_json());
+        let mut h = ResponseHeader::build(status, Some(8))?;
+        h.insert_header(CONTENT_TYPE, "application/json")?;
+        h.insert_header(CONTENT_LENGTH, body.len())?;
+        h.insert_header("x-request-id", &ctx.request_id)?;
+        for (name, value) in
+            rate_limit_headers::render(self.rt.header_style, &ctx.decision, &self.rt.rules)
+        {
+            h.insert_header(name, value)?;
+        }
+        ctx.sent = Some(SentError {
+            envelope,
+            source: None,
+            upstream_ref: None,
+        });
+        if ctx.head {
+            session.write_response_header(Box::new(h), true).await
+        } else {
+            session.write_response_header(Box::new(h), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+    }
+
+    fn finish_pending(&self, ctx: &mut Ctx) -> Option<Bytes> {
+        let p = ctx.pending.take()?;
+        let err = UpstreamError {
+            status: p.status,
+            content_type: p.content_type.as_deref(),
+            content_encoding: p.content_encoding.as_deref(),
+            body: &p.body,
+            truncated: p.truncated,
+        };
+        let n = normalize::normalize(
+            &err,
+            &ctx.request_id,
+            &self.rt.errors,
+            self.rt.max_error_body,
+        );
+        self.rt.metrics.normalized(n.source, p.status);
+        let body = Bytes::from(n.envelope.to_json());
+        ctx.sent = Some(SentError {
+            envelope: n.envelope,
+            source: Some(n.source),
+            upstream_ref: n.upstream_ref,
+        });
+        Some(body)
+    }
+}
+
+/// Map a proxy error to (status, failure kind, message). Status 0: the
+/// client is gone and nothing can be sent.
+fn classify(e: &Error) -> (u16, Option<FailureKind>, &'static str) {
+    use ErrorType::*;
+    if let HTTPStatus(code) = e.etype() {
+        return (*code, None, normalize::reason_phrase(*code));
+    }
+    match e.esource() {
+        ErrorSource::Downstream => match e.etype() {
+            ReadError | WriteError | ConnectionClosed => (0, None, ""),
+            ReadTimedout => (408, None, "The request was not received in time."),
+            _ => (400, None, "The request could not be read."),
+        },
+        ErrorSource::Upstream => match e.etype() {
+            ConnectTimedout | TLSHandshakeTimedout => (
+                504,
+                Some(FailureKind::Timeout),
+                "The upstream did not accept the connection in time.",
+            ),
+            ReadTimedout | WriteTimedout => (
+                504,
+                Some(FailureKind::Timeout),
+                "The upstream did not respond in time.",
+            ),
+            ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
+            | TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup
+            | ConnectProxyFailure => (
+                502,
+                Some(FailureKind::Connect),
+                "The upstream could not be reached.",
+            ),
+            ConnectionClosed | ReadError | WriteError => (
+                502,
+                Some(FailureKind::Reset),
+                "The upstream closed the connection before a complete response.",
+            ),
+            _ => (
+                502,
+                Some(FailureKind::Invalid),
+                "The upstream sent an invalid response.",
+            ),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => {
+            (500, None, "The gateway failed to handle the request.")
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: String::new(),
+            client_ip: None,
+            route: 0,
+            decision: Decision::default(),
+            head: false,
+            hold_request_body: false,
+            request_body: BytesMut::new(),
+            request_bytes: 0,
+            upstream_sent: None,
+            upstream_status: None,
+            pending: None,
+            sent: None,
+            retry_after: None,
+            failure: None,
+            fail_code: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = &self.rt;
+        let req = session.req_header();
+        ctx.head = req.method == Method::HEAD;
+        ctx.request_id =
+            request_id::reuse_or_generate(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip = peer.map(|p| {
+            rt.client_ip.resolve(
+                p,
+                req.headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+                req.headers
+                    .get_all("forwarded")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        });
+        let method = req.method.as_str();
+        let path = req.uri.path();
+        ctx.route = rt.routes.find(method, path);
+
+        if let Some(ip) = ctx.client_ip {
+            ctx.decision = rt.limiter.check(method, path, &rt.client_ip.key(ip));
+        }
+        if let Some((state, retry_after)) = ctx.decision.denied {
+            if let Some(c) = rt.rate_limited.get(state.rule) {
+                c.inc();
+            }
+            ctx.retry_after = Some(retry_after);
+            let details = json!({ "retry_after": retry_after });
+            self.respond(
+                session,
+                ctx,
+                429,
+                "Too many requests; retry after the time in Retry-After.",
+                details,
+            )
+            .await?;
+            return Ok(true);
+        }
+
+        let declared = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match declared {
+            Some(n) if n > rt.max_request_body => {
+                let msg = format!(
+                    "The request body is larger than the {} bytes this gateway accepts.",
+                    rt.max_request_body
+                );
+                // The body is not read: the connection cannot be reused.
+                session.set_keepalive(None);
+                self.respond(session, ctx, 413, &msg, Value::Null).await?;
+                return Ok(true);
+            }
+            Some(_) => {}
+            None => ctx.hold_request_body = !session.is_body_empty(),
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let u = &self.rt.upstream;
+        let mut peer = HttpPeer::new(u.addr, u.tls, u.sni.clone());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.total_connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.read_timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            let mut chain = String::new();
+            for v in upstream.headers.get_all("x-forwarded-for") {
+                if let Ok(s) = v.to_str() {
+                    chain.push_str(s.trim());
+                    chain.push_str(", ");
+                }
+            }
+            chain.push_str(&peer.ip().to_string());
+            upstream.insert_header("x-forwarded-for", chain)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body.as_ref() {
+            ctx.request_bytes += b.len() as u64;
+        }
+        if ctx.request_bytes > self.rt.max_request_body {
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+        }
+        if ctx.hold_request_body {
+            if let Some(b) = body.take() {
+                ctx.request_body.extend_from_slice(&b);
+            }
+            // An empty chunk sends nothing; `None` would end the body.
+            *body = if !end_of_stream {
+                Some(Bytes::new())
+            } else if ctx.request_body.is_empty() {
+                None
+            } else {
+                Some(ctx.request_body.split().freeze())
+            };
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        ctx.upstream_status = Some(resp.status.as_u16());
+        if let Some(sent) = ctx.upstream_sent {
+            self.rt.route_metrics[ctx.route]
+                .upstream_duration
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if status < 200 {
+            return Ok(());
+        }
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        for (name, value) in
+            rate_limit_headers::render(self.rt.header_style, &ctx.decision, &self.rt.rules)
+        {
+            resp.insert_header(name, value)?;
+        }
+        if status < 400 {
+            return Ok(());
+        }
+        let content_type = header_str(resp, CONTENT_TYPE).map(str::to_owned);
+        let content_encoding = header_str(resp, CONTENT_ENCODING).map(str::to_owned);
+        let empty = resp
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().trim_ascii() == b"0");
+        for name in [CONTENT_LENGTH, CONTENT_ENCODING, ETAG] {
+            resp.remove_header(&name);
+        }
+        resp.remove_header("content-md5");
+        resp.insert_header(CONTENT_TYPE, "application/json")?;
+        if ctx.head {
+            return Ok(());
+        }
+        ctx.pending = Some(PendingError {
+            status,
+            content_type,
+            content_encoding,
+            body: Vec::new(),
+            truncated: false,
+        });
+        if empty {
+            // `Content-Length: 0`: the body filter will not run, so the
+            // envelope goes out now. Pingora then skips its own copy of
+            // the header (one WARN) and the connection stays reusable.
+            let body = self.finish_pending(ctx).unwrap_or_default();
+            resp.insert_header(CONTENT_LENGTH, body.len())?;
+            session
+                .write_response_header(Box::new(resp.clone()), false)
+                .await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(());
+        }
+        if !session.is_http2() {
+            resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(p) = ctx.pending.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.take() {
+            if !p.truncated {
+                if p.body.len() + chunk.len() > self.rt.max_error_body {
+                    // Past the cap the body is not kept at all.
+                    p.truncated = true;
+                    p.body = Vec::new();
+                } else {
+                    p.body.extend_from_slice(&chunk);
+                }
+            }
+        }
+        if end_of_stream {
+            *body = self.finish_pending(ctx);
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
+    where
+        Ctx: Send + Sync,
+    {
+        let (code, kind, message) = classify(e);
+        if let Some(kind) = kind {
+            self.rt.metrics.failure(kind);
+            ctx.failure = Some(kind);
+        }
+        ctx.fail_code = code;
+        if let (Some(p), Some(_)) = (ctx.pending.as_mut(), session.response_written()) {
+            // An upstream error body broke off after its header went out:
+            // finish the envelope from what arrived, flagged as truncated.
+            p.truncated = true;
+            if let Some(body) = self.finish_pending(ctx) {
+                let _ = session.write_response_body(Some(body), true).await;
+            }
+        }
+        if code > 0 && session.response_written().is_none() {
+            let envelope =
+                self.rt
+                    .errors
+                    .gateway_error(code, message, &ctx.request_id, Value::Null);
+            let body = Bytes::from(envelope.to_json());
+            if let Ok(mut h) = ResponseHeader::build(code, Some(4)) {
+                let _ = h.insert_header(CONTENT_TYPE, "application/json");
+                let _ = h.insert_header(CONTENT_LENGTH, body.len());
+                let _ = h.insert_header("x-request-id", &ctx.request_id);
+                let body = if ctx.head { Bytes::new() } else { body };
+                let _ = session.write_error_response(h, body).await;
+            }
+            ctx.sent = Some(SentError {
+                envelope,
+                source: None,
+                upstream_ref: None,
+            });
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let rt = &self.rt;
+        let status = session
+            .response_written()
+            .map_or(ctx.fail_code, |r| r.status.as_u16());
+        let route = &rt.route_metrics[ctx.route];
+        let elapsed = ctx.start.elapsed();
+        rt.metrics
+            .requests
+            .with_label_values(&[route.name.as_str(), &status.to_string()])
+            .inc();
+        route.request_duration.observe(elapsed.as_secs_f64());
+        if !access_log::wanted(status, rt.log_all) {
+            return;
+        }
+        let req = session.req_header();
+        let rule = ctx
+            .decision
+            .denied
+            .map(|(s, _)| s.rule)
+            .or(ctx.decision.tightest.map(|t| t.rule))
+            .and_then(|i| rt.rules.get(i))
+            .map(|r| r.name.as_str());
+        let sent = ctx.sent.as_ref();
+        access_log::emit(&AccessRecord {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            route: &route.name,
+            rule,
+            client_ip: ctx.client_ip,
+            request_id: &ctx.request_id,
+            upstream_status: ctx.upstream_status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            retry_after: ctx.retry_after,
+            error_type: sent.map(|s| s.envelope.kind.as_str()),
+            error_code: sent.map(|s| s.envelope.code.as_str()),
+            error_message: sent.map(|s| s.envelope.message.as_str()),
+            upstream_ref: sent.and_then(|s| s.upstream_ref.as_deref()),
+            error_source: sent.and_then(|s| s.source).map(Source::as_str),
+            failure: ctx.failure.map(FailureKind::as_str),
+        });
+    }
+}

@@ -1,0 +1,79 @@
+//! The `tollgate` binary: a thin CLI over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Reverse-proxy gateway: per-IP rate limits, canonical errors, metrics"
+)]
+struct Cli {
+    /// The TOML config file.
+    #[arg(long, global = true, default_value = "config/tollgate.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config file and exit 0 (valid) or 1.
+    Check,
+    /// Run the demo upstream that answers in several error dialects.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => match Config::load(&cli.config) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::DemoUpstream { listen }) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(tollgate::demo_upstream::serve(listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo upstream on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            let cfg = match Config::load(&cli.config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tollgate::access_log::init();
+            tollgate::server::run(cfg)
+        }
+    }
+}

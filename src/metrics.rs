@@ -1,0 +1,289 @@
+//! The Prometheus registry (SPEC §5). Labels are bounded: route and rule
+//! names from the config, status codes, and fixed kinds; never paths, IPs
+//! or ids. Families with label values known in advance start at zero so
+//! `rate()` and alerts work before the first event.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::normalize::Source;
+
+/// Upstream failure kinds (`tollgate_upstream_failures_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connect,
+    Timeout,
+    Reset,
+    Invalid,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::Connect,
+        FailureKind::Timeout,
+        FailureKind::Reset,
+        FailureKind::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Reset => "reset",
+            FailureKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// Bucket bounds for a sidecar: 250µs to 30s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
+/// Statuses whose normalized-error series are exported at zero.
+const KNOWN_ERROR_STATUSES: &[u16] = &[
+    400, 401, 403, 404, 405, 409, 410, 413, 422, 429, 500, 502, 503, 504,
+];
+
+/// Per-route handles, resolved once so a request does no label lookup
+/// for its histograms.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub name: String,
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub errors_normalized: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
+    pub rate_limit_keys: IntGaugeVec,
+    pub rate_limit_overflow: IntCounterVec,
+    pub backend_errors: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    rule_names: Vec<String>,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, &["route"]).expect("valid metric");
+    reg.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    /// A registry with every family, rule series at zero.
+    pub fn new(rule_names: &[String]) -> Metrics {
+        let reg = Registry::new();
+        let requests = counter(
+            &reg,
+            "tollgate_requests_total",
+            "Requests answered, by route and final status code.",
+            &["route", "status"],
+        );
+        let request_duration = histogram(
+            &reg,
+            "tollgate_request_duration_seconds",
+            "Time from the request's arrival to the end of the response, by route.",
+        );
+        let upstream_duration = histogram(
+            &reg,
+            "tollgate_upstream_duration_seconds",
+            "Time from sending the request upstream to the upstream's response header, by route.",
+        );
+        let rate_limited = counter(
+            &reg,
+            "tollgate_rate_limited_total",
+            "Requests refused with 429, by the rule that refused them.",
+            &["rule"],
+        );
+        let errors_normalized = counter(
+            &reg,
+            "tollgate_errors_normalized_total",
+            "Upstream 4xx/5xx responses rewritten to the canonical envelope, by upstream dialect and status.",
+            &["source", "status"],
+        );
+        let upstream_failures = counter(
+            &reg,
+            "tollgate_upstream_failures_total",
+            "Requests that got no usable upstream response, by failure kind.",
+            &["kind"],
+        );
+        let rate_limit_keys = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_rate_limit_keys",
+                "Client keys currently held in each rule's bucket table.",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(rate_limit_keys.clone()))
+            .expect("unique metric");
+        let rate_limit_overflow = counter(
+            &reg,
+            "tollgate_rate_limit_overflow_total",
+            "Decisions made on a rule's shared overflow bucket because its table was full (max_keys).",
+            &["rule"],
+        );
+        let backend_errors = counter(
+            &reg,
+            "tollgate_rate_limit_backend_errors_total",
+            "Rate-limit decisions the shared backend failed to make.",
+            &["backend"],
+        );
+        let config_reloads = counter(
+            &reg,
+            "tollgate_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_build_info",
+                "Always 1; the version label names the build.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            reg.register(Box::new(pc)).expect("unique metric");
+        }
+
+        for rule in rule_names {
+            rate_limited.with_label_values(&[rule]);
+            rate_limit_keys.with_label_values(&[rule]);
+            rate_limit_overflow.with_label_values(&[rule]);
+        }
+        for kind in FailureKind::ALL {
+            upstream_failures.with_label_values(&[kind.as_str()]);
+        }
+        for source in Source::ALL {
+            for status in KNOWN_ERROR_STATUSES {
+                errors_normalized.with_label_values(&[source.as_str(), &status.to_string()]);
+            }
+        }
+        for result in ["success", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        backend_errors.with_label_values(&["redis"]);
+
+        Metrics {
+            registry: reg,
+            requests,
+            rate_limited,
+            errors_normalized,
+            upstream_failures,
+            rate_limit_keys,
+            rate_limit_overflow,
+            backend_errors,
+            config_reloads,
+            request_duration,
+            upstream_duration,
+            rule_names: rule_names.to_vec(),
+        }
+    }
+
+    /// Handles for one route (call once per route at startup).
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        RouteMetrics {
+            name: name.to_string(),
+            request_duration: self.request_duration.with_label_values(&[name]),
+            upstream_duration: self.upstream_duration.with_label_values(&[name]),
+        }
+    }
+
+    pub fn rate_limited_counter(&self, rule: &str) -> IntCounter {
+        self.rate_limited.with_label_values(&[rule])
+    }
+
+    pub fn failure(&self, kind: FailureKind) {
+        self.upstream_failures
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    pub fn normalized(&self, source: Source, status: u16) {
+        self.errors_normalized
+            .with_label_values(&[source.as_str(), &status.to_string()])
+            .inc();
+    }
+
+    /// Copy the limiter's own counts in (called at scrape time).
+    pub fn set_limiter_state(&self, keys: &[usize], overflow: &[u64]) {
+        for (i, rule) in self.rule_names.iter().enumerate() {
+            if let Some(&k) = keys.get(i) {
+                let g: IntGauge = self.rate_limit_keys.with_label_values(&[rule]);
+                g.set(i64::try_from(k).unwrap_or(i64::MAX));
+            }
+            if let Some(&o) = overflow.get(i) {
+                let c = self.rate_limit_overflow.with_label_values(&[rule]);
+                let seen = c.get();
+                if o > seen {
+                    c.inc_by(o - seen);
+                }
+            }
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding families the registry produced cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_exported_at_zero() {
+        let m = Metrics::new(&["default".into(), "auth".into()]);
+        let text = String::from_utf8(m.render()).unwrap();
+        for needle in [
+            "tollgate_rate_limited_total{rule=\"auth\"} 0",
+            "tollgate_rate_limit_keys{rule=\"default\"} 0",
+            "tollgate_upstream_failures_total{kind=\"timeout\"} 0",
+            "tollgate_errors_normalized_total{source=\"html\",status=\"502\"} 0",
+            "tollgate_config_reloads_total{result=\"error\"} 0",
+            "tollgate_rate_limit_backend_errors_total{backend=\"redis\"} 0",
+            "tollgate_build_info{version=",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(text.contains(needle), "missing {needle}");
+        }
+    }
+
+    #[test]
+    fn limiter_state_is_copied() {
+        let m = Metrics::new(&["r".into()]);
+        m.set_limiter_state(&[7], &[3]);
+        m.set_limiter_state(&[5], &[4]);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("tollgate_rate_limit_keys{rule=\"r\"} 5"));
+        assert!(text.contains("tollgate_rate_limit_overflow_total{rule=\"r\"} 4"));
+    }
+}

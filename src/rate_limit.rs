@@ -1,0 +1,429 @@
+//! Per-client GCRA token buckets (governor), one table per rule.
+//!
+//! Approximations, and their bounds:
+//! - A request is checked against its matching rules in file order and
+//!   stops at the first denial: rules before the denying one have spent a
+//!   token, rules after it have not.
+//! - `X-RateLimit-Reset` is derived from governor's remaining capacity, so
+//!   it can be up to one replenish interval (`period / limit`) late.
+//! - Memory: each table holds at most `max_keys` clients. When it is full,
+//!   clients not already in it share one overflow bucket per rule (with the
+//!   rule's own quota) until the sweeper frees room, so a flood of distinct
+//!   addresses is limited as one client and never grows the table. Every
+//!   such decision is counted (`overflow_total`).
+//! - The sweeper drops keys whose bucket has been full again for at least
+//!   one replenish interval (governor's `retain_recent`): such a key is
+//!   indistinguishable from a new client, so sweeping never changes a
+//!   decision.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::{NotUntil, Quota};
+
+use crate::client_ip::ClientKey;
+
+/// One rule from the config, as the limiter needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub name: String,
+    pub path_prefix: String,
+    /// Empty: every method.
+    pub methods: Vec<String>,
+    pub limit: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+impl RuleSpec {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        path.starts_with(&self.path_prefix)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+
+    fn quota(&self) -> Quota {
+        let limit = NonZeroU32::new(self.limit.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let interval = (self.period / limit.get()).max(Duration::from_nanos(1));
+        Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(limit))
+            .allow_burst(burst)
+    }
+
+    /// Seconds in the window, for the IETF `w` parameter.
+    pub fn window_secs(&self) -> u64 {
+        self.period.as_secs_f64().ceil() as u64
+    }
+}
+
+/// A DashMap store that never holds more than `cap` clients: a client that
+/// is not in a full table is measured against the shared overflow key.
+#[derive(Debug)]
+pub struct BoundedStore {
+    map: DashMapStateStore<ClientKey>,
+    cap: usize,
+    /// Shared with [`Rule`]: governor does not hand its store back out.
+    overflow: Arc<AtomicU64>,
+}
+
+impl BoundedStore {
+    fn new(cap: usize, overflow: Arc<AtomicU64>) -> Self {
+        BoundedStore {
+            map: DashMapStateStore::default(),
+            cap: cap.max(1),
+            overflow,
+        }
+    }
+}
+
+impl StateStore for BoundedStore {
+    type Key = ClientKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // `len` only runs for clients not yet in the table.
+        if self.map.contains_key(key) || self.map.len() < self.cap {
+            return self.map.measure_and_replace(key, f);
+        }
+        self.overflow.fetch_add(1, Ordering::Relaxed);
+        self.map.measure_and_replace(&ClientKey::Overflow, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<ClientKey> for BoundedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below)
+    }
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&self.map)
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+type Buckets<C> = governor::RateLimiter<ClientKey, BoundedStore, C, StateInformationMiddleware>;
+
+/// The state of one rule's bucket after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleState {
+    /// Index of the rule in [`RateLimiter::rules`].
+    pub rule: usize,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Whole seconds until the bucket is full again (rounded up).
+    pub reset_secs: u64,
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Set when the request is refused: the rule that refused it and the
+    /// whole seconds to wait (rounded up, at least 1).
+    pub denied: Option<(RuleState, u64)>,
+    /// The rule with the least remaining capacity, for the headers.
+    pub tightest: Option<RuleState>,
+    /// Every rule that matched (indices), for `RateLimit-Policy`.
+    pub matched: Vec<usize>,
+}
+
+struct Rule<C: Clock> {
+    spec: RuleSpec,
+    buckets: Buckets<C>,
+    interval: Duration,
+    overflow: Arc<AtomicU64>,
+}
+
+/// All rules' tables.
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    rules: Vec<Rule<C>>,
+    clock: C,
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    let s = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        s + 1
+    } else {
+        s
+    }
+}
+
+impl RateLimiter<DefaultClock> {
+    pub fn new(specs: Vec<RuleSpec>, max_keys: usize) -> Self {
+        Self::with_clock(specs, max_keys, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimiter<C> {
+    pub fn with_clock(specs: Vec<RuleSpec>, max_keys: usize, clock: C) -> Self {
+        let rules = specs
+            .into_iter()
+            .map(|spec| {
+                let quota = spec.quota();
+                let overflow = Arc::new(AtomicU64::new(0));
+                let store = BoundedStore::new(max_keys, overflow.clone());
+                let buckets: Buckets<C> = governor::RateLimiter::new(quota, store, clock.clone());
+                Rule {
+                    interval: quota.replenish_interval(),
+                    spec,
+                    buckets,
+                    overflow,
+                }
+            })
+            .collect();
+        RateLimiter { rules, clock }
+    }
+
+    pub fn rules(&self) -> impl ExactSizeIterator<Item = &RuleSpec> {
+        self.rules.iter().map(|r| &r.spec)
+    }
+
+    /// Check every matching rule for this client; stop at the first denial.
+    pub fn check(&self, method: &str, path: &str, key: &ClientKey) -> Decision {
+        let mut decision = Decision::default();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.spec.matches(method, path) {
+                continue;
+            }
+            decision.matched.push(i);
+            match rule.buckets.check_key(key) {
+                Ok(snapshot) => {
+                    let state = self.allowed_state(i, rule, &snapshot);
+                    let tighter = decision
+                        .tightest
+                        .is_none_or(|t| (state.remaining, state.limit) < (t.remaining, t.limit));
+                    if tighter {
+                        decision.tightest = Some(state);
+                    }
+                }
+                Err(not_until) => {
+                    let (state, retry) = self.denied_state(i, rule, &not_until);
+                    decision.tightest = Some(state);
+                    decision.denied = Some((state, retry));
+                    return decision;
+                }
+            }
+        }
+        decision
+    }
+
+    fn allowed_state(&self, i: usize, rule: &Rule<C>, s: &StateSnapshot) -> RuleState {
+        let remaining = s.remaining_burst_capacity();
+        let used = rule.spec.burst.saturating_sub(remaining);
+        RuleState {
+            rule: i,
+            limit: rule.spec.limit,
+            remaining,
+            reset_secs: ceil_secs(rule.interval * used),
+        }
+    }
+
+    fn denied_state(
+        &self,
+        i: usize,
+        rule: &Rule<C>,
+        nu: &NotUntil<C::Instant>,
+    ) -> (RuleState, u64) {
+        let wait = nu.wait_time_from(self.clock.now());
+        let full = wait + rule.interval * rule.spec.burst.saturating_sub(1);
+        let state = RuleState {
+            rule: i,
+            limit: rule.spec.limit,
+            remaining: 0,
+            reset_secs: ceil_secs(full),
+        };
+        (state, ceil_secs(wait).max(1))
+    }
+
+    /// Drop idle keys (those whose bucket is full again) and give memory back.
+    pub fn sweep(&self) {
+        for rule in &self.rules {
+            rule.buckets.retain_recent();
+            rule.buckets.shrink_to_fit();
+        }
+    }
+
+    /// Live keys per rule, in rule order.
+    pub fn key_counts(&self) -> Vec<usize> {
+        self.rules.iter().map(|r| r.buckets.len()).collect()
+    }
+
+    /// Decisions made on the overflow bucket per rule, in rule order.
+    pub fn overflow_totals(&self) -> Vec<u64> {
+        self.rules
+            .iter()
+            .map(|r| r.overflow.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn rule(
+        name: &str,
+        prefix: &str,
+        methods: &[&str],
+        limit: u32,
+        period_ms: u64,
+        burst: u32,
+    ) -> RuleSpec {
+        RuleSpec {
+            name: name.into(),
+            path_prefix: prefix.into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            limit,
+            period: Duration::from_millis(period_ms),
+            burst,
+        }
+    }
+
+    const A: ClientKey = ClientKey::V4([192, 0, 2, 1]);
+    const B: ClientKey = ClientKey::V4([192, 0, 2, 2]);
+
+    #[test]
+    fn burst_then_denied_with_headers() {
+        let clock = FakeRelativeClock::default();
+        // 5 per second, burst 5: one token every 200ms.
+        let lim =
+            RateLimiter::with_clock(vec![rule("r", "/", &[], 5, 1000, 5)], 100, clock.clone());
+        for expected_remaining in (0..5).rev() {
+            let d = lim.check("GET", "/x", &A);
+            assert!(d.denied.is_none());
+            let t = d.tightest.unwrap();
+            assert_eq!(t.remaining, expected_remaining);
+            assert_eq!(t.limit, 5);
+        }
+        let d = lim.check("GET", "/x", &A);
+        let (state, retry) = d.denied.expect("sixth request is denied");
+        assert_eq!(state.remaining, 0);
+        assert_eq!(retry, 1, "200ms rounds up to 1s");
+        assert_eq!(state.reset_secs, 1, "200ms + 4 x 200ms = 1s until full");
+        // Another client has its own bucket.
+        assert!(lim.check("GET", "/x", &B).denied.is_none());
+    }
+
+    #[test]
+    fn refills_over_time() {
+        let clock = FakeRelativeClock::default();
+        let lim =
+            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 10_000, 2)], 100, clock.clone());
+        assert!(lim.check("GET", "/", &A).denied.is_none());
+        assert!(lim.check("GET", "/", &A).denied.is_none());
+        let (_, retry) = lim.check("GET", "/", &A).denied.unwrap();
+        assert_eq!(retry, 10);
+        clock.advance(Duration::from_secs(9));
+        let (_, retry) = lim.check("GET", "/", &A).denied.unwrap();
+        assert_eq!(retry, 1);
+        clock.advance(Duration::from_secs(1));
+        let d = lim.check("GET", "/", &A);
+        assert!(d.denied.is_none(), "one token back after 10s");
+        assert!(lim.check("GET", "/", &A).denied.is_some(), "and only one");
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(
+            lim.check("GET", "/", &A).tightest.unwrap().remaining,
+            1,
+            "full again"
+        );
+    }
+
+    #[test]
+    fn denials_consume_nothing() {
+        let clock = FakeRelativeClock::default();
+        let lim =
+            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 1000, 1)], 100, clock.clone());
+        assert!(lim.check("GET", "/", &A).denied.is_none());
+        for _ in 0..100 {
+            assert!(lim.check("GET", "/", &A).denied.is_some());
+        }
+        clock.advance(Duration::from_secs(1));
+        assert!(lim.check("GET", "/", &A).denied.is_none());
+    }
+
+    #[test]
+    fn every_matching_rule_is_checked() {
+        let clock = FakeRelativeClock::default();
+        let lim = RateLimiter::with_clock(
+            vec![
+                rule("default", "/", &[], 100, 1000, 100),
+                rule("auth", "/v1/auth", &["POST"], 2, 60_000, 2),
+            ],
+            100,
+            clock.clone(),
+        );
+        // GET on /v1/auth only matches default.
+        for _ in 0..5 {
+            let d = lim.check("GET", "/v1/auth/login", &A);
+            assert!(d.denied.is_none());
+            assert_eq!(d.matched, vec![0]);
+        }
+        let d = lim.check("POST", "/v1/auth/login", &A);
+        assert_eq!(d.matched, vec![0, 1]);
+        assert_eq!(d.tightest.unwrap().rule, 1, "auth is tighter");
+        assert_eq!(d.tightest.unwrap().remaining, 1);
+        assert!(lim.check("POST", "/v1/auth/login", &A).denied.is_none());
+        let (state, retry) = lim.check("POST", "/v1/auth/login", &A).denied.unwrap();
+        assert_eq!(state.rule, 1);
+        assert_eq!(retry, 30);
+        // Other paths still pass for the same client.
+        assert!(lim.check("POST", "/v1/docs", &A).denied.is_none());
+    }
+
+    #[test]
+    fn sweep_drops_idle_keys_only() {
+        let clock = FakeRelativeClock::default();
+        let lim =
+            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 1000, 1)], 100, clock.clone());
+        lim.check("GET", "/", &A);
+        clock.advance(Duration::from_millis(2500));
+        lim.check("GET", "/", &B);
+        assert_eq!(lim.key_counts(), vec![2]);
+        lim.sweep();
+        assert_eq!(lim.key_counts(), vec![1], "A is full again, B is not");
+        assert!(
+            lim.check("GET", "/", &B).denied.is_some(),
+            "B kept its state"
+        );
+    }
+
+    #[test]
+    fn table_never_grows_past_the_cap() {
+        let clock = FakeRelativeClock::default();
+        let lim =
+            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 60_000, 3)], 10, clock.clone());
+        for i in 0..1000u32 {
+            lim.check("GET", "/", &ClientKey::V4(i.to_be_bytes()));
+        }
+        let keys = lim.key_counts()[0];
+        assert!(keys <= 11, "cap 10 plus the overflow key, got {keys}");
+        assert_eq!(lim.overflow_totals()[0], 990);
+        // Overflow clients share one bucket: it is exhausted.
+        let d = lim.check("GET", "/", &ClientKey::V4([9, 9, 9, 9]));
+        assert!(d.denied.is_some());
+        // Known clients keep their own bucket.
+        let d = lim.check("GET", "/", &ClientKey::V4(0u32.to_be_bytes()));
+        assert_eq!(d.denied, None);
+    }
+
+    #[test]
+    fn no_rules_no_limits() {
+        let lim = RateLimiter::new(vec![], 10);
+        let d = lim.check("GET", "/", &A);
+        assert_eq!(d, Decision::default());
+    }
+}

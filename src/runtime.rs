@@ -1,0 +1,114 @@
+//! Everything a request needs, built once from a validated [`Config`], so
+//! nothing is re-parsed or looked up by name per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client_ip::ClientIpResolver;
+use crate::config::{Config, HeaderStyle};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::normalize::ErrorTable;
+use crate::rate_limit::{RateLimiter, RuleSpec};
+use crate::routes::RouteTable;
+
+/// How to reach the upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+pub struct Runtime {
+    pub upstream: UpstreamSettings,
+    pub client_ip: ClientIpResolver,
+    pub limiter: RateLimiter,
+    pub rules: Vec<RuleSpec>,
+    /// Per rule, in rule order.
+    pub rate_limited: Vec<prometheus::IntCounter>,
+    pub header_style: HeaderStyle,
+    pub errors: ErrorTable,
+    pub max_error_body: usize,
+    pub max_request_body: u64,
+    pub routes: RouteTable,
+    /// Per route, indexed by [`crate::routes::RouteId`].
+    pub route_metrics: Vec<RouteMetrics>,
+    pub log_all: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Runtime {
+        let f = &cfg.file;
+        let rules: Vec<RuleSpec> = f
+            .rate_limit
+            .rules
+            .iter()
+            .map(|r| RuleSpec {
+                name: r.name.get_ref().clone(),
+                path_prefix: r.path_prefix.clone(),
+                methods: r.methods.clone(),
+                limit: *r.limit.get_ref(),
+                period: r.period.0,
+                burst: r
+                    .burst
+                    .as_ref()
+                    .map_or(*r.limit.get_ref(), |b| *b.get_ref()),
+            })
+            .collect();
+        let routes = RouteTable::new(f.routes.iter().map(|r| {
+            (
+                r.name.get_ref().clone(),
+                r.path_prefix.clone(),
+                r.methods.clone(),
+            )
+        }));
+        let route_metrics = routes.names().iter().map(|n| metrics.route(n)).collect();
+        let rate_limited = rules
+            .iter()
+            .map(|r| metrics.rate_limited_counter(&r.name))
+            .collect();
+        let sni = if f.upstream.sni.is_empty() {
+            cfg.upstream_host.clone()
+        } else {
+            f.upstream.sni.clone()
+        };
+        Runtime {
+            upstream: UpstreamSettings {
+                addr: cfg.upstream_addr,
+                tls: f.upstream.tls,
+                sni,
+                connect_timeout: f.upstream.connect_timeout.0,
+                read_timeout: f.upstream.read_timeout.0,
+            },
+            client_ip: ClientIpResolver::new(
+                f.client_ip.trusted_proxies.clone(),
+                f.client_ip.ipv6_prefix,
+            ),
+            limiter: RateLimiter::new(rules.clone(), f.rate_limit.max_keys),
+            rules,
+            rate_limited,
+            header_style: f.rate_limit.headers,
+            errors: ErrorTable::new(cfg.status_overrides.clone()),
+            max_error_body: f.errors.max_body_bytes,
+            max_request_body: f.server.max_request_body_bytes,
+            routes,
+            route_metrics,
+            log_all: f.log.all_requests,
+            metrics,
+        }
+    }
+
+    /// Rule names in rule order (the metric labels).
+    pub fn rule_names(cfg: &Config) -> Vec<String> {
+        cfg.file
+            .rate_limit
+            .rules
+            .iter()
+            .map(|r| r.name.get_ref().clone())
+            .collect()
+    }
+}

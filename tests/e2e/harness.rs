@@ -1,0 +1,352 @@
+//! Real processes on loopback: the `tollgate` binary, its demo upstream,
+//! and a small raw HTTP/1.1 client that sees framing exactly as sent.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port} after {within:?}");
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: Option<PathBuf>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Upstream {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Upstream {
+    /// Complete requests the upstream has received (its `/stats`).
+    pub fn requests_seen(&self) -> u64 {
+        let r = get(self.port, "/stats").expect("upstream stats");
+        r.json()["requests"].as_u64().expect("a count")
+    }
+
+    pub fn start() -> Upstream {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the demo upstream");
+        wait_for_port(port, Duration::from_secs(10));
+        Upstream {
+            port,
+            _proc: Proc { child, log: None },
+        }
+    }
+}
+
+pub struct Gateway {
+    pub port: u16,
+    pub admin: u16,
+    pub proc: Proc,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "tollgate-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Gateway {
+    /// Start the gateway with `[server]` filled in for fresh loopback ports
+    /// and `[upstream] address` pointing at `upstream_port`; `extra` is
+    /// appended TOML (rules, routes, more `[upstream]` keys via `upstream_extra`).
+    pub fn start(upstream_port: u16, upstream_extra: &str, extra: &str) -> Gateway {
+        Gateway::start_with(upstream_port, "", upstream_extra, extra)
+    }
+
+    /// Like [`Gateway::start`], with more `[server]` keys.
+    pub fn start_with(
+        upstream_port: u16,
+        server_extra: &str,
+        upstream_extra: &str,
+        extra: &str,
+    ) -> Gateway {
+        let port = free_port();
+        let admin = free_port();
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\ngrace_period = \"1s\"\n{server_extra}\n\n[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n{upstream_extra}\n{extra}\n"
+        );
+        let dir = TempDir::new();
+        let cfg = dir.0.join("tollgate.toml");
+        std::fs::write(&cfg, toml).expect("write config");
+        let log = dir.0.join("stderr.log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start tollgate");
+        let gw = Gateway {
+            port,
+            admin,
+            proc: Proc {
+                child,
+                log: Some(log),
+            },
+            _dir: dir,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(r) = get(self.admin, "/readyz") {
+                if r.status == 200 {
+                    wait_for_port(self.port, Duration::from_secs(5));
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        panic!("tollgate not ready; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        self.proc
+            .log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::open(self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Conn {
+        let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        Conn {
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
+        let mut has_len = false;
+        for (k, v) in headers {
+            has_len |= k.eq_ignore_ascii_case("content-length")
+                || k.eq_ignore_ascii_case("transfer-encoding");
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !has_len && !body.is_empty() {
+            req.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let s = self.reader.get_mut();
+        s.write_all(req.as_bytes())?;
+        s.write_all(body)?;
+        self.read_response(method == "HEAD")
+    }
+
+    pub fn request(&mut self, method: &str, path: &str) -> Response {
+        self.send(method, path, &[], b"").expect("response")
+    }
+
+    /// Send raw bytes (for chunked uploads), then read one response.
+    pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<Response> {
+        self.reader.get_mut().write_all(bytes)?;
+        self.read_response(false)
+    }
+
+    fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
+        let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" {
+                break;
+            }
+        }
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut hs);
+        parsed
+            .parse(&head)
+            .map_err(|e| bad(format!("bad response head: {e}")))?;
+        let status = parsed.code.unwrap_or(0);
+        let headers: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let mut body = Vec::new();
+        if head_only || status == 204 || status == 304 || status < 200 {
+            // no body
+        } else if chunked {
+            loop {
+                let mut line = String::new();
+                self.reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| bad(format!("bad chunk size line {line:?}")))?;
+                let mut chunk = vec![0u8; size + 2];
+                self.reader.read_exact(&mut chunk)?;
+                if &chunk[size..] != b"\r\n" {
+                    return Err(bad("chunk not followed by CRLF".into()));
+                }
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(len) = get("content-length") {
+            let len: usize = len
+                .trim()
+                .parse()
+                .map_err(|_| bad("bad content-length".into()))?;
+            body.resize(len, 0);
+            self.reader.read_exact(&mut body)?;
+        } else {
+            self.reader.read_to_end(&mut body)?;
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+            chunked,
+        })
+    }
+}
+
+/// One request on a fresh connection.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut c = Conn {
+        reader: BufReader::new(s),
+    };
+    c.send("GET", path, &[("connection", "close")], b"")
+}
+
+/// Assert the canonical envelope's shape and return its inner object.
+pub fn envelope(r: &Response) -> serde_json::Map<String, serde_json::Value> {
+    assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+    assert!(
+        r.header("content-encoding").is_none(),
+        "stale content-encoding: {r:?}"
+    );
+    let v = r.json();
+    let obj = v.as_object().expect("an object");
+    assert_eq!(obj.len(), 1, "only `error` at the top: {v}");
+    let e = obj["error"]
+        .as_object()
+        .expect("error is an object")
+        .clone();
+    assert_eq!(e.len(), 5, "five fields: {v}");
+    for k in ["type", "code", "message", "request_id"] {
+        let s = e[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} is a string: {v}"));
+        assert!(!s.is_empty(), "{k} is non-empty: {v}");
+    }
+    assert!(
+        e["details"].is_object() || e["details"].is_array() || e["details"].is_null(),
+        "details: {v}"
+    );
+    e
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `tollgate` binary in front of its real demo
+//! upstream process, over loopback HTTP.
+
+mod harness;
+
+mod cli;
+mod errors;
+mod metrics;
+mod proxy;
+mod rate_limit;

@@ -1,0 +1,197 @@
+//! The admin listener: health, readiness, and metrics checked by promtool.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::harness::{get, Gateway, Upstream};
+
+fn scrape(gw: &Gateway) -> String {
+    let r = get(gw.admin, "/metrics").expect("scrape");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    String::from_utf8(r.body).expect("utf-8")
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn metrics_count_traffic_and_pass_promtool() {
+    let up = Upstream::start();
+    let rules = "[[rate_limit.rules]]\nname = \"default\"\nlimit = 3\nperiod = \"1m\"\n\n[[routes]]\nname = \"errors\"\npath_prefix = \"/errors\"\n";
+    let gw = Gateway::start(up.port, "", rules);
+    assert_eq!(get(gw.admin, "/healthz").unwrap().status, 200);
+    assert_eq!(get(gw.admin, "/readyz").unwrap().status, 200);
+
+    let before = scrape(&gw);
+    assert_eq!(
+        value(&before, "tollgate_rate_limited_total{rule=\"default\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &before,
+            "tollgate_upstream_failures_total{kind=\"connect\"}"
+        ),
+        0.0
+    );
+
+    let mut c = gw.connect();
+    assert_eq!(c.request("GET", "/hello").status, 200);
+    assert_eq!(c.request("GET", "/errors/html").status, 502);
+    assert_eq!(c.request("GET", "/errors/validation").status, 422);
+    assert_eq!(c.request("GET", "/hello").status, 429);
+
+    let text = scrape(&gw);
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_requests_total{route=\"default\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_requests_total{route=\"errors\",status=\"502\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_requests_total{route=\"default\",status=\"429\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "tollgate_rate_limited_total{rule=\"default\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_errors_normalized_total{source=\"html\",status=\"502\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_errors_normalized_total{source=\"message\",status=\"422\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "tollgate_rate_limit_keys{rule=\"default\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_request_duration_seconds_count{route=\"errors\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_upstream_duration_seconds_count{route=\"errors\"}"
+        ),
+        2.0
+    );
+    assert!(text.contains("tollgate_build_info{version=\""));
+    assert!(value(&text, "process_resident_memory_bytes") > 0.0);
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (.ci/run installs the prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}
+
+#[test]
+fn upstream_failures_are_counted_by_kind() {
+    let dead = crate::harness::free_port();
+    let gw = Gateway::start(dead, "connect_timeout = \"300ms\"", "");
+    assert_eq!(gw.connect().request("GET", "/x").status, 502);
+    let text = scrape(&gw);
+    assert_eq!(
+        value(&text, "tollgate_upstream_failures_total{kind=\"connect\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn access_log_is_json_without_secrets() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    let secret_headers = [
+        ("authorization", "Bearer s3cr3t-token"),
+        ("x-api-key", "s3cr3t-key"),
+        ("cookie", "session=s3cr3t-cookie"),
+        ("x-request-id", "log-test-1"),
+    ];
+    let r = c
+        .send(
+            "GET",
+            "/errors/event?token=s3cr3t-query",
+            &secret_headers,
+            b"s3cr3t-body",
+        )
+        .unwrap();
+    assert_eq!(r.status, 500);
+    assert_eq!(c.request("GET", "/hello").status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = gw.log();
+    assert!(!log.contains("s3cr3t"), "a secret was logged:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"log-test-1\""))
+        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+    assert_eq!(v["path"], "/errors/event");
+    assert_eq!(v["status"], 500);
+    assert_eq!(v["upstream_status"], 500);
+    assert_eq!(v["error_code"], "internal_error");
+    assert_eq!(v["error_message"], "Failed to do something");
+    assert_eq!(v["upstream_ref"], "c3cc1b5e-5f0a-4b43-9d1c-0a4b1f0e2d7a");
+    assert_eq!(v["client_ip"], "127.0.0.1");
+    let ts = v["timestamp"].as_str().unwrap();
+    assert!(
+        ts.ends_with('Z') && ts.len() == 24,
+        "RFC 3339 UTC with ms: {ts}"
+    );
+    assert!(
+        !log.contains("\"path\":\"/hello\""),
+        "2xx not logged by default"
+    );
+}

@@ -1,0 +1,107 @@
+//! Pass-through: 2xx bodies untouched, request ids, X-Forwarded-For, h2c.
+
+use std::process::Command;
+
+use crate::harness::{Gateway, Upstream};
+
+#[test]
+fn success_bodies_pass_byte_for_byte() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    for n in [0usize, 1, 4096, 1_000_000] {
+        let expected = tollgate::demo_upstream::pattern(n);
+        let r = c.request("GET", &format!("/bytes?n={n}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("content-length"),
+            Some(n.to_string().as_str()),
+            "length kept"
+        );
+        assert!(r.body == expected, "{n} bytes unchanged");
+        let r = c.request("GET", &format!("/bytes?n={n}&chunked=1"));
+        assert_eq!(r.status, 200);
+        assert!(r.chunked, "chunked kept");
+        assert!(r.body == expected, "{n} chunked bytes unchanged");
+    }
+}
+
+#[test]
+fn request_ids_are_reused_when_sane_and_replaced_otherwise() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    let r = c
+        .send("GET", "/echo", &[("x-request-id", "abc-123.x:y_z")], b"")
+        .unwrap();
+    assert_eq!(r.header("x-request-id"), Some("abc-123.x:y_z"));
+    assert_eq!(
+        r.json()["headers"]["x-request-id"],
+        "abc-123.x:y_z",
+        "sent upstream too"
+    );
+
+    let r = c
+        .send(
+            "GET",
+            "/echo",
+            &[("x-request-id", "bad id with spaces")],
+            b"",
+        )
+        .unwrap();
+    let id = r.header("x-request-id").unwrap().to_string();
+    assert!(id.starts_with("req_"), "{id}");
+    assert_eq!(r.json()["headers"]["x-request-id"], id.as_str());
+
+    let r = c.request("GET", "/echo");
+    let id = r.header("x-request-id").unwrap();
+    assert!(id.starts_with("req_") && id.len() == 30, "{id}");
+}
+
+#[test]
+fn x_forwarded_for_is_appended() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    let r = c.request("GET", "/echo");
+    assert_eq!(r.json()["headers"]["x-forwarded-for"], "127.0.0.1");
+    let r = c
+        .send("GET", "/echo", &[("x-forwarded-for", "203.0.113.7")], b"")
+        .unwrap();
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-for"],
+        "203.0.113.7, 127.0.0.1"
+    );
+}
+
+#[test]
+fn h2c_prior_knowledge_works() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        panic!("curl is needed for the h2c test (.ci/run installs it)");
+    }
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{}/hello", gw.port))
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    let out = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-D", "-"])
+        .arg(format!("http://127.0.0.1:{}/errors/validation", gw.port))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 422"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["error"]["code"], "invalid_request");
+}

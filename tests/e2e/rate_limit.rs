@@ -1,0 +1,100 @@
+//! Per-client buckets over HTTP.
+
+use crate::harness::{envelope, Gateway, Upstream};
+
+const RULES: &str = "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[[rate_limit.rules]]\nname = \"default\"\nlimit = 5\nperiod = \"1m\"\nburst = 3\n\n[[rate_limit.rules]]\nname = \"auth\"\npath_prefix = \"/v1/auth\"\nmethods = [\"POST\"]\nlimit = 2\nperiod = \"1m\"\n";
+
+#[test]
+fn limited_after_the_burst_with_headers() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", RULES);
+    let mut c = gw.connect();
+    let client = [("x-forwarded-for", "198.51.100.1")];
+    for remaining in ["2", "1", "0"] {
+        let r = c.send("GET", "/hello", &client, b"").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining));
+        assert!(r.header("x-ratelimit-reset").is_some());
+    }
+    let r = c.send("GET", "/hello", &client, b"").unwrap();
+    assert_eq!(r.status, 429);
+    let e = envelope(&r);
+    assert_eq!(e["type"], "rate_limit_error");
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    // 5 per minute: one token every 12 s.
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((11..=12).contains(&retry), "retry-after {retry}");
+    assert_eq!(e["details"]["retry_after"], retry);
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!((35..=36).contains(&reset), "reset {reset}");
+
+    // Another client (through the trusted proxy) has its own bucket.
+    let r = c
+        .send("GET", "/hello", &[("x-forwarded-for", "198.51.100.2")], b"")
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn tighter_rule_applies_to_its_methods_only() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", RULES);
+    let mut c = gw.connect();
+    let client = [("x-forwarded-for", "198.51.100.9")];
+    let r = c.send("POST", "/v1/auth/login", &client, b"").unwrap();
+    assert_eq!(
+        r.header("x-ratelimit-limit"),
+        Some("2"),
+        "auth is the tightest"
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
+    let r = c.send("POST", "/v1/auth/login", &client, b"").unwrap();
+    assert_eq!(r.status, 200);
+    let r = c.send("POST", "/v1/auth/login", &client, b"").unwrap();
+    assert_eq!(r.status, 429, "auth allows 2");
+}
+
+#[test]
+fn spoofed_forwarded_for_from_untrusted_peer_is_ignored() {
+    let up = Upstream::start();
+    // No trusted proxies: the loopback peer is the client, whatever it claims.
+    let rules = "[[rate_limit.rules]]\nname = \"default\"\nlimit = 2\nperiod = \"1m\"\n";
+    let gw = Gateway::start(up.port, "", rules);
+    let mut c = gw.connect();
+    let mut statuses = vec![];
+    for i in 0..4 {
+        let ip = format!("203.0.113.{i}");
+        let r = c
+            .send("GET", "/hello", &[("x-forwarded-for", ip.as_str())], b"")
+            .unwrap();
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429]);
+}
+
+#[test]
+fn ietf_headers_when_asked() {
+    let up = Upstream::start();
+    let rules = RULES.replace(
+        "[client_ip]",
+        "[rate_limit]\nheaders = \"ietf\"\n\n[client_ip]",
+    );
+    let gw = Gateway::start(up.port, "", &rules);
+    let mut c = gw.connect();
+    let r = c
+        .send(
+            "POST",
+            "/v1/auth/x",
+            &[("x-forwarded-for", "198.51.100.3")],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"default\";q=5;w=60, \"auth\";q=2;w=60")
+    );
+    assert_eq!(r.header("ratelimit"), Some("\"auth\";r=1;t=30"));
+    assert!(r.header("x-ratelimit-limit").is_none());
+}
