@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing tollgate needs on Debian, when missing:
-# cmake (Pingora's zlib-ng), curl (h2c test), promtool (metrics test).
+# cmake (Pingora's zlib-ng), curl (h2c test), promtool (metrics test),
+# nginx and openssl (the TLS upstream test).
 set -euo pipefail
 
 need=()
@@ -8,6 +9,8 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v curl >/dev/null || need+=(curl)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v cc >/dev/null || need+=(build-essential)
+command -v openssl >/dev/null || need+=(openssl)
+command -v nginx >/dev/null || need+=(nginx-light)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

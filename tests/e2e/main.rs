@@ -8,3 +8,4 @@ mod errors;
 mod metrics;
 mod proxy;
 mod rate_limit;
+mod tls;

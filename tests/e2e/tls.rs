@@ -1,0 +1,156 @@
+//! TLS to the upstream: SNI, a private CA from `upstream.ca_file`, and
+//! verification that refuses a certificate it cannot trust. The upstream is
+//! a real NGINX with a throwaway self-signed certificate.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{envelope, free_port, wait_for_port, Gateway, Proc, TempDir};
+
+struct TlsUpstream {
+    port: u16,
+    ca: String,
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+fn start_nginx() -> TlsUpstream {
+    let dir = TempDir::new();
+    let d = dir.0.display().to_string();
+    // A private CA and a leaf for `upstream.test` signed by it (webpki
+    // refuses a self-signed CA certificate used as the server's own).
+    std::fs::write(
+        dir.0.join("leaf.ext"),
+        "subjectAltName=DNS:upstream.test\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=tollgate test CA",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=upstream.test",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+    ];
+    for args in steps {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed (.ci/run installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    }
+    let port = free_port();
+    let conf = format!(
+        r#"daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d};
+  proxy_temp_path {d};
+  fastcgi_temp_path {d};
+  uwsgi_temp_path {d};
+  scgi_temp_path {d};
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name upstream.test;
+    ssl_certificate {d}/cert.pem;
+    ssl_certificate_key {d}/key.pem;
+    default_type application/json;
+    location /err {{ return 404 '{{"message":"missing over tls"}}'; }}
+    location / {{ return 200 '{{"tls":true,"sni":"$ssl_server_name"}}'; }}
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.0.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .args([
+            "-p",
+            &d,
+            "-c",
+            &format!("{d}/nginx.conf"),
+            "-e",
+            &format!("{d}/error.log"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is installed (.ci/run installs it)");
+    wait_for_port(port, Duration::from_secs(10));
+    TlsUpstream {
+        port,
+        ca: format!("{d}/ca.pem"),
+        _proc: Proc { child, log: None },
+        _dir: dir,
+    }
+}
+
+#[test]
+fn tls_upstream_with_sni_and_private_ca() {
+    let up = start_nginx();
+    let upstream = format!(
+        "tls = true\nsni = \"upstream.test\"\nca_file = \"{}\"",
+        up.ca
+    );
+    let gw = Gateway::start(up.port, &upstream, "");
+    let mut c = gw.connect();
+    let r = c.request("GET", "/hello");
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert_eq!(r.json()["sni"], "upstream.test");
+    let r = c.request("GET", "/err");
+    assert_eq!(r.status, 404);
+    assert_eq!(envelope(&r)["message"], "missing over tls");
+}
+
+#[test]
+fn untrusted_upstream_certificate_is_refused() {
+    let up = start_nginx();
+    // No ca_file: the private CA is not in the system roots.
+    let gw = Gateway::start(up.port, "tls = true\nsni = \"upstream.test\"", "");
+    let r = gw.connect().request("GET", "/hello");
+    assert_eq!(r.status, 502);
+    assert_eq!(envelope(&r)["code"], "bad_gateway");
+}
