@@ -1,0 +1,221 @@
+//! Criterion benches for the per-request logic: the normalizer per dialect
+//! (1 KB and 64 KB, plain and gzip), the rate-limit decision at 1, 10k and
+//! 1M live keys (IPv4 and IPv6), client-IP resolution over a 5-hop
+//! `X-Forwarded-For`, and header rendering. Before timing, each case's heap
+//! allocations per call are counted and printed.
+//!
+//! `cargo bench --bench hot_paths`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tollgate::client_ip::{ClientIpResolver, ClientKey};
+use tollgate::config::HeaderStyle;
+use tollgate::normalize::{normalize, ErrorTable, UpstreamError};
+use tollgate::rate_limit::{RateLimiter, RuleSpec};
+use tollgate::rate_limit_headers;
+
+/// Counts allocations so each case can report allocations per call.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn report_allocs(name: &str, mut f: impl FnMut()) {
+    const N: u64 = 1000;
+    f();
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..N {
+        f();
+    }
+    let per = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    println!("allocs/op {name}: {per:.1}");
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A body of the dialect, padded to about `size` bytes with a filler field.
+fn dialect_body(dialect: &str, size: usize) -> Vec<u8> {
+    let pad = "x".repeat(size.saturating_sub(160));
+    let v = match dialect {
+        "flat" => {
+            serde_json::json!({"error_code": "INVALID_DOC", "error_message": "Document type is not supported", "trace": pad})
+        }
+        "validation" => {
+            serde_json::json!({"message": "Invalid.", "validation_errors": ["ID is required", pad]})
+        }
+        "problem" => {
+            serde_json::json!({"type": "about:blank", "title": "Conflict", "status": 409, "detail": "Balance too low", "note": pad})
+        }
+        "canonical" => {
+            serde_json::json!({"error": {"type": "t", "code": "c", "message": "m", "details": {"pad": pad}}})
+        }
+        _ => return format!("<html><body>{pad}</body></html>").into_bytes(),
+    };
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn bench_normalizer(c: &mut Criterion) {
+    let table = ErrorTable::default();
+    let mut g = c.benchmark_group("normalize");
+    for dialect in ["flat", "validation", "problem", "canonical", "html"] {
+        for size in [1024usize, 64 * 1024 - 512] {
+            let plain = dialect_body(dialect, size);
+            let zipped = gzip(&plain);
+            for (enc, body) in [(None, &plain), (Some("gzip"), &zipped)] {
+                let name = format!(
+                    "{dialect}/{}/{}",
+                    if size < 2048 { "1KB" } else { "64KB" },
+                    enc.unwrap_or("plain")
+                );
+                let ctype = if dialect == "html" {
+                    "text/html"
+                } else {
+                    "application/json"
+                };
+                let err = UpstreamError {
+                    status: 422,
+                    content_type: Some(ctype),
+                    content_encoding: enc,
+                    body,
+                    truncated: false,
+                };
+                report_allocs(&format!("normalize/{name}"), || {
+                    black_box(normalize(&err, "req_x", &table, 65536).envelope.to_json());
+                });
+                g.throughput(Throughput::Bytes(plain.len() as u64));
+                g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+                    b.iter(|| {
+                        black_box(
+                            normalize(black_box(&err), "req_x", &table, 65536)
+                                .envelope
+                                .to_json(),
+                        )
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+fn limiter_with(keys: u32, v6: bool) -> (RateLimiter, Vec<ClientKey>) {
+    let rule = RuleSpec {
+        name: "default".into(),
+        path_prefix: "/".into(),
+        methods: vec![],
+        limit: 1_000_000_000,
+        period: Duration::from_secs(1),
+        burst: 1_000_000_000,
+    };
+    let lim = RateLimiter::new(vec![rule], 2_000_000);
+    let resolver = ClientIpResolver::new(vec![], 64);
+    let mk = |i: u32| -> ClientKey {
+        if v6 {
+            let addr = (0x2001_0db8u128 << 96) | (u128::from(i) << 64) | 1;
+            resolver.key(IpAddr::V6(addr.into()))
+        } else {
+            resolver.key(IpAddr::V4(i.wrapping_add(0x0a00_0000).into()))
+        }
+    };
+    let all: Vec<ClientKey> = (0..keys).map(mk).collect();
+    for k in &all {
+        lim.check("GET", "/", k);
+    }
+    (lim, all)
+}
+
+fn bench_limiter(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rate_limit_decision");
+    for v6 in [false, true] {
+        for keys in [1u32, 10_000, 1_000_000] {
+            let (lim, all) = limiter_with(keys, v6);
+            let name = format!("{}/{keys}", if v6 { "ipv6" } else { "ipv4" });
+            let mut i = 0usize;
+            report_allocs(&format!("rate_limit/{name}"), || {
+                i = (i + 7919) % all.len();
+                black_box(lim.check("GET", "/", &all[i]));
+            });
+            g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+                b.iter(|| {
+                    i = (i + 7919) % all.len();
+                    black_box(lim.check("GET", "/", black_box(&all[i])))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_client_ip(c: &mut Criterion) {
+    let r = ClientIpResolver::new(
+        vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+        ],
+        64,
+    );
+    let peer: IpAddr = "10.0.0.1".parse().unwrap();
+    let xff = "198.51.100.7, 203.0.113.9, 192.168.1.1, 10.1.2.3, 10.0.0.9";
+    report_allocs("client_ip/5_hop_xff", || {
+        black_box(r.resolve(peer, [xff.as_bytes()], std::iter::empty()));
+    });
+    c.bench_function("client_ip/5_hop_xff", |b| {
+        b.iter(|| {
+            black_box(r.resolve(
+                black_box(peer),
+                [black_box(xff).as_bytes()],
+                std::iter::empty(),
+            ))
+        })
+    });
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let (lim, all) = limiter_with(1, false);
+    let rules: Vec<RuleSpec> = lim.rules().cloned().collect();
+    let d = lim.check("GET", "/", &all[0]);
+    for style in [HeaderStyle::XRatelimit, HeaderStyle::Both] {
+        let name = format!("headers/{style:?}");
+        report_allocs(&name, || {
+            black_box(rate_limit_headers::render(style, &d, &rules));
+        });
+        c.bench_function(&name, |b| {
+            b.iter(|| black_box(rate_limit_headers::render(style, black_box(&d), &rules)))
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_normalizer,
+    bench_limiter,
+    bench_client_ip,
+    bench_headers
+);
+criterion_main!(benches);
