@@ -1,59 +1,195 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, and
+//! `POST /reload`.
+//!
+//! It is a background service with its own socket rather than a Pingora
+//! listening service, because Pingora closes every listener the moment
+//! SIGTERM arrives, and `/readyz` must go on answering 503 while the proxy
+//! drains. The socket has `SO_REUSEPORT`, so during a binary upgrade the
+//! old and the new process can both hold it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use http::Response;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::runtime::Runtime;
+use crate::http1::{full, read_request};
+use crate::reload::Live;
 
-/// Readiness: set once the services run, cleared while draining.
+/// An admin connection idle this long is closed.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Where the process is in its life, for `/readyz`.
 #[derive(Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness(AtomicU8);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+    pub fn ready(&self) {
+        let _ = self
+            .0
+            .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
     }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    pub fn draining(&self) {
+        self.0.store(DRAINING, Ordering::Release);
+    }
+    fn state(&self) -> &'static str {
+        match self.0.load(Ordering::Acquire) {
+            STARTING => "starting",
+            READY => "ready",
+            _ => "draining",
+        }
+    }
+}
+
+/// Bind the admin socket before the server starts, so a taken port fails
+/// the start instead of a background task.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Reload on a blocking thread: it reads a file and may resolve a name.
+pub async fn reload_off_thread(
+    live: &Arc<Live>,
+) -> Result<crate::reload::Reloaded, crate::config::ConfigError> {
+    let live = live.clone();
+    match tokio::task::spawn_blocking(move || live.reload()).await {
+        Ok(result) => result,
+        Err(e) => Err(crate::config::ConfigError {
+            file: Default::default(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("reload task failed: {e}"),
+            source_line: String::new(),
+        }),
     }
 }
 
 pub struct Admin {
-    pub rt: Arc<Runtime>,
-    pub ready: Arc<Readiness>,
+    endpoints: Arc<Endpoints>,
+    /// Taken when the service starts.
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
-fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .unwrap_or_default()
+impl Admin {
+    pub fn new(
+        live: Arc<Live>,
+        readiness: Arc<Readiness>,
+        listener: std::net::TcpListener,
+    ) -> Self {
+        Admin {
+            endpoints: Arc::new(Endpoints { live, readiness }),
+            listener: std::sync::Mutex::new(Some(listener)),
+        }
+    }
+}
+
+struct Endpoints {
+    live: Arc<Live>,
+    readiness: Arc<Readiness>,
+}
+
+impl Endpoints {
+    /// Status, content type and body for one request.
+    async fn answer(&self, method: &str, path: &str) -> (u16, &'static str, Vec<u8>) {
+        let json = "application/json";
+        match (method, path) {
+            ("GET", "/metrics") => {
+                let rt = self.live.runtime();
+                rt.export_limiter_state();
+                (200, "text/plain; version=0.0.4", rt.metrics.render())
+            }
+            ("GET", "/healthz") => (200, json, br#"{"status":"ok"}"#.to_vec()),
+            ("GET", "/readyz") => {
+                let state = self.readiness.state();
+                let code = if state == "ready" { 200 } else { 503 };
+                (code, json, json!({ "status": state }).to_string().into_bytes())
+            }
+            ("POST", "/reload") => match reload_off_thread(&self.live).await {
+                Ok(r) => (
+                    200,
+                    json,
+                    json!({"result": "success", "kept_rules": r.kept_rules, "needs_restart": r.needs_restart})
+                        .to_string()
+                        .into_bytes(),
+                ),
+                Err(e) => (
+                    400,
+                    json,
+                    json!({"result": "error", "error": e.to_string()}).to_string().into_bytes(),
+                ),
+            },
+            (_, "/metrics" | "/healthz" | "/readyz" | "/reload") => {
+                (405, json, br#"{"error":"method not allowed"}"#.to_vec())
+            }
+            _ => (404, json, br#"{"error":"not found"}"#.to_vec()),
+        }
+    }
+
+    async fn connection(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            let read = tokio::time::timeout(IDLE, read_request(&mut stream, &mut buf));
+            let Ok(Some(req)) = read.await.unwrap_or(Ok(None)) else {
+                return Ok(());
+            };
+            let (status, ctype, body) = self.answer(&req.method, &req.path).await;
+            let extra = [("cache-control", "no-store".to_string())];
+            stream
+                .write_all(&full(status, ctype, &extra, &body))
+                .await?;
+            if req.close {
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[async_trait]
-impl ServeHttp for Admin {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let json = "application/json";
-        match session.req_header().uri.path() {
-            "/metrics" => {
-                let limiter = &self.rt.limiter;
-                self.rt
-                    .metrics
-                    .set_limiter_state(&limiter.key_counts(), &limiter.overflow_totals());
-                reply(200, "text/plain; version=0.0.4", self.rt.metrics.render())
+impl BackgroundService for Admin {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let std_listener = self.listener.lock().ok().and_then(|mut l| l.take());
+        let listener = match std_listener.map(TcpListener::from_std) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "admin listener failed");
+                return;
             }
-            "/healthz" => reply(200, json, br#"{"status":"ok"}"#.to_vec()),
-            "/readyz" if self.ready.get() => reply(200, json, br#"{"status":"ready"}"#.to_vec()),
-            "/readyz" => reply(503, json, br#"{"status":"not_ready"}"#.to_vec()),
-            _ => reply(404, json, br#"{"error":"not found"}"#.to_vec()),
+            None => return,
+        };
+        self.endpoints.readiness.ready();
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        let endpoints = self.endpoints.clone();
+                        tokio::spawn(async move { let _ = endpoints.connection(stream).await; });
+                    }
+                }
+                _ = shutdown.changed(), if !draining => {
+                    // Keep answering: /readyz says 503 until the process exits.
+                    draining = true;
+                    self.endpoints.readiness.draining();
+                }
+            }
         }
     }
 }

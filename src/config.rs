@@ -138,6 +138,9 @@ pub struct ServerConfig {
     pub max_request_body_bytes: u64,
     pub grace_period: HumanDuration,
     pub h2c: bool,
+    /// The Unix socket a new binary takes the listeners over from
+    /// (`tollgate --upgrade`, then SIGQUIT to the old process).
+    pub upgrade_sock: String,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +152,7 @@ impl Default for ServerConfig {
             max_request_body_bytes: 10_485_760,
             grace_period: HumanDuration(Duration::from_secs(10)),
             h2c: true,
+            upgrade_sock: "/tmp/tollgate-upgrade.sock".into(),
         }
     }
 }

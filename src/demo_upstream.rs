@@ -20,7 +20,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::http1::{full, head, read_request, Request};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Dialects served under `/errors/`.
@@ -63,29 +65,6 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
-    body_len: usize,
-    close: bool,
-}
-
-impl Request {
-    fn param(&self, name: &str) -> Option<&str> {
-        self.query.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == name).then_some(v)
-        })
-    }
-    fn param_u64(&self, name: &str, default: u64) -> u64 {
-        self.param(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-}
-
 /// Complete requests received (for tests that check what got through).
 static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -103,127 +82,6 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
     }
-}
-
-/// Read one request (head and body) off the connection; `None` at EOF.
-async fn read_request(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Request>> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut parsed = httparse::Request::new(&mut headers);
-        if let httparse::Status::Complete(head_len) =
-            parsed.parse(buf).map_err(|_| bad("bad request"))?
-        {
-            let target = parsed.path.unwrap_or("/").to_string();
-            let (path, query) = match target.split_once('?') {
-                Some((p, q)) => (p.to_string(), q.to_string()),
-                None => (target, String::new()),
-            };
-            let headers: Vec<(String, String)> = parsed
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-            let mut req = Request {
-                method: parsed.method.unwrap_or("GET").to_string(),
-                path,
-                query,
-                close: get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")),
-                headers: headers.clone(),
-                body_len: 0,
-            };
-            buf.drain(..head_len);
-            if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                req.body_len = read_chunked(stream, buf).await?;
-            } else {
-                let n: usize = get("content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < n {
-                    if read_more(stream, buf).await? == 0 {
-                        return Err(bad("body cut short"));
-                    }
-                }
-                buf.drain(..n);
-                req.body_len = n;
-            }
-            return Ok(Some(req));
-        }
-        if read_more(stream, buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 16384];
-    let n = stream.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
-
-/// Decode a chunked body, returning its length.
-async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk");
-    let mut total = 0;
-    loop {
-        let line_end = loop {
-            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            if read_more(stream, buf).await? == 0 {
-                return Err(bad());
-            }
-        };
-        let size_text = std::str::from_utf8(&buf[..line_end]).map_err(|_| bad())?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| bad())?;
-        let need = line_end + 2 + size + 2;
-        while buf.len() < need {
-            if read_more(stream, buf).await? == 0 {
-                return Err(bad());
-            }
-        }
-        buf.drain(..need);
-        total += size;
-        if size == 0 {
-            return Ok(total);
-        }
-    }
-}
-
-fn head(status: u16, headers: &[(&str, String)]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status,
-        crate::normalize::reason_phrase(status)
-    )
-    .into_bytes();
-    for (k, v) in headers {
-        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn full(status: u16, ctype: &str, extra: &[(&str, String)], body: &[u8]) -> Vec<u8> {
-    let mut headers = vec![
-        ("content-type", ctype.to_string()),
-        ("content-length", body.len().to_string()),
-    ];
-    headers.extend(extra.iter().cloned());
-    let mut out = head(status, &headers);
-    out.extend_from_slice(body);
-    out
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

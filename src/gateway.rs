@@ -21,6 +21,7 @@ use crate::metrics::FailureKind;
 use crate::normalize::{self, Envelope, Source, UpstreamError};
 use crate::rate_limit::Decision;
 use crate::rate_limit_headers;
+use crate::reload::Live;
 use crate::request_id;
 use crate::routes::RouteId;
 use crate::runtime::Runtime;
@@ -29,12 +30,12 @@ use crate::runtime::Runtime;
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Gateway {
-    rt: Arc<Runtime>,
+    live: Arc<Live>,
 }
 
 impl Gateway {
-    pub fn new(rt: Arc<Runtime>) -> Self {
-        Gateway { rt }
+    pub fn new(live: Arc<Live>) -> Self {
+        Gateway { live }
     }
 }
 
@@ -55,6 +56,9 @@ struct SentError {
 }
 
 pub struct Ctx {
+    /// The config this request runs under, start to end, even if a reload
+    /// swaps it meanwhile.
+    rt: Arc<Runtime>,
     start: Instant,
     request_id: String,
     client_ip: Option<IpAddr>,
@@ -88,7 +92,7 @@ impl Gateway {
         message: &str,
         details: Value,
     ) -> Result<()> {
-        let envelope = self
+        let envelope = ctx
             .rt
             .errors
             .gateway_error(status, message, &ctx.request_id, details);
@@ -98,7 +102,7 @@ impl Gateway {
         h.insert_header(CONTENT_LENGTH, body.len())?;
         h.insert_header("x-request-id", &ctx.request_id)?;
         for (name, value) in
-            rate_limit_headers::render(self.rt.header_style, &ctx.decision, &self.rt.rules)
+            rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules)
         {
             h.insert_header(name, value)?;
         }
@@ -124,13 +128,8 @@ impl Gateway {
             body: &p.body,
             truncated: p.truncated,
         };
-        let n = normalize::normalize(
-            &err,
-            &ctx.request_id,
-            &self.rt.errors,
-            self.rt.max_error_body,
-        );
-        self.rt.metrics.normalized(n.source, p.status);
+        let n = normalize::normalize(&err, &ctx.request_id, &ctx.rt.errors, ctx.rt.max_error_body);
+        ctx.rt.metrics.normalized(n.source, p.status);
         let body = Bytes::from(n.envelope.to_json());
         ctx.sent = Some(SentError {
             envelope: n.envelope,
@@ -195,6 +194,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            rt: self.live.runtime(),
             start: Instant::now(),
             request_id: String::new(),
             client_ip: None,
@@ -215,7 +215,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let rt = &self.rt;
+        let rt = ctx.rt.clone();
         let req = session.req_header();
         ctx.head = req.method == Method::HEAD;
         ctx.request_id =
@@ -284,7 +284,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let u = &self.rt.upstream;
+        let u = &ctx.rt.upstream;
         let mut peer = HttpPeer::new(u.addr, u.tls, u.sni.clone());
         peer.options.connection_timeout = Some(u.connect_timeout);
         peer.options.total_connection_timeout = Some(u.connect_timeout);
@@ -326,7 +326,7 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body.as_ref() {
             ctx.request_bytes += b.len() as u64;
         }
-        if ctx.request_bytes > self.rt.max_request_body {
+        if ctx.request_bytes > ctx.rt.max_request_body {
             return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
         }
         if ctx.hold_request_body {
@@ -356,7 +356,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_status = Some(resp.status.as_u16());
         if let Some(sent) = ctx.upstream_sent {
-            self.rt.route_metrics[ctx.route]
+            ctx.rt.route_metrics[ctx.route]
                 .upstream_duration
                 .observe(sent.elapsed().as_secs_f64());
         }
@@ -375,7 +375,7 @@ impl ProxyHttp for Gateway {
         }
         resp.insert_header("x-request-id", &ctx.request_id)?;
         for (name, value) in
-            rate_limit_headers::render(self.rt.header_style, &ctx.decision, &self.rt.rules)
+            rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules)
         {
             resp.insert_header(name, value)?;
         }
@@ -428,12 +428,13 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        let max = ctx.rt.max_error_body;
         let Some(p) = ctx.pending.as_mut() else {
             return Ok(None);
         };
         if let Some(chunk) = body.take() {
             if !p.truncated {
-                if p.body.len() + chunk.len() > self.rt.max_error_body {
+                if p.body.len() + chunk.len() > max {
                     // Past the cap the body is not kept at all.
                     p.truncated = true;
                     p.body = Vec::new();
@@ -454,7 +455,7 @@ impl ProxyHttp for Gateway {
     {
         let (code, kind, message) = classify(e);
         if let Some(kind) = kind {
-            self.rt.metrics.failure(kind);
+            ctx.rt.metrics.failure(kind);
             ctx.failure = Some(kind);
         }
         ctx.fail_code = code;
@@ -467,10 +468,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if code > 0 && session.response_written().is_none() {
-            let envelope =
-                self.rt
-                    .errors
-                    .gateway_error(code, message, &ctx.request_id, Value::Null);
+            let envelope = ctx
+                .rt
+                .errors
+                .gateway_error(code, message, &ctx.request_id, Value::Null);
             let body = Bytes::from(envelope.to_json());
             if let Ok(mut h) = ResponseHeader::build(code, Some(4)) {
                 let _ = h.insert_header(CONTENT_TYPE, "application/json");
@@ -492,7 +493,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let rt = &self.rt;
+        let rt = &ctx.rt;
         let status = session
             .response_written()
             .map_or(ctx.fail_code, |r| r.status.as_u16());

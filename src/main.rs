@@ -16,6 +16,9 @@ struct Cli {
     /// The TOML config file.
     #[arg(long, global = true, default_value = "config/tollgate.toml")]
     config: PathBuf,
+    /// Take the listeners over from a running tollgate (then send it SIGQUIT).
+    #[arg(long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,7 +76,13 @@ fn main() -> ExitCode {
                 }
             };
             tollgate::access_log::init();
-            tollgate::server::run(cfg)
+            let launch = tollgate::server::Launch {
+                config_path: cli.config,
+                upgrade: cli.upgrade,
+            };
+            let e = tollgate::server::run(launch, cfg);
+            eprintln!("tollgate could not start: {e}");
+            ExitCode::FAILURE
         }
     }
 }

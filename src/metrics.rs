@@ -3,6 +3,7 @@
 //! or ids. Families with label values known in advance start at zero so
 //! `rate()` and alerts work before the first event.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -69,7 +70,6 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
-    rule_names: Vec<String>,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -200,7 +200,6 @@ impl Metrics {
             config_reloads,
             request_duration,
             upstream_duration,
-            rule_names: rule_names.to_vec(),
         }
     }
 
@@ -213,7 +212,11 @@ impl Metrics {
         }
     }
 
+    /// The 429 counter of a rule; also puts the rule's other series at zero
+    /// (for rules added by a reload).
     pub fn rate_limited_counter(&self, rule: &str) -> IntCounter {
+        self.rate_limit_keys.with_label_values(&[rule]);
+        self.rate_limit_overflow.with_label_values(&[rule]);
         self.rate_limited.with_label_values(&[rule])
     }
 
@@ -229,9 +232,23 @@ impl Metrics {
             .inc();
     }
 
-    /// Copy the limiter's own counts in (called at scrape time).
-    pub fn set_limiter_state(&self, keys: &[usize], overflow: &[u64]) {
-        for (i, rule) in self.rule_names.iter().enumerate() {
+    /// Copy the limiter's own counts in (called at scrape time), per rule
+    /// name in rule order. Key gauges of rules no longer configured go away.
+    pub fn set_limiter_state(&self, rules: &[String], keys: &[usize], overflow: &[u64]) {
+        let mut stale = Vec::new();
+        for family in self.rate_limit_keys.collect() {
+            for m in family.get_metric() {
+                for l in m.get_label() {
+                    if !rules.iter().any(|r| r == l.value()) {
+                        stale.push(l.value().to_string());
+                    }
+                }
+            }
+        }
+        for rule in stale {
+            let _ = self.rate_limit_keys.remove_label_values(&[&rule]);
+        }
+        for (i, rule) in rules.iter().enumerate() {
             if let Some(&k) = keys.get(i) {
                 let g: IntGauge = self.rate_limit_keys.with_label_values(&[rule]);
                 g.set(i64::try_from(k).unwrap_or(i64::MAX));
@@ -279,11 +296,16 @@ mod tests {
 
     #[test]
     fn limiter_state_is_copied() {
-        let m = Metrics::new(&["r".into()]);
-        m.set_limiter_state(&[7], &[3]);
-        m.set_limiter_state(&[5], &[4]);
+        let m = Metrics::new(&["r".into(), "old".into()]);
+        let rules = ["r".to_string()];
+        m.set_limiter_state(&rules, &[7], &[3]);
+        m.set_limiter_state(&rules, &[5], &[4]);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains("tollgate_rate_limit_keys{rule=\"r\"} 5"));
         assert!(text.contains("tollgate_rate_limit_overflow_total{rule=\"r\"} 4"));
+        assert!(
+            !text.contains("tollgate_rate_limit_keys{rule=\"old\"}"),
+            "gone rule dropped"
+        );
     }
 }

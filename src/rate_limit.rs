@@ -141,9 +141,22 @@ pub struct Decision {
 
 struct Rule<C: Clock> {
     spec: RuleSpec,
-    buckets: Buckets<C>,
+    /// Shared with the limiter a reload replaced, when the rule is unchanged.
+    buckets: Arc<Buckets<C>>,
     interval: Duration,
     overflow: Arc<AtomicU64>,
+    max_keys: usize,
+}
+
+impl<C: Clock> Rule<C> {
+    /// Whether `spec` may keep this rule's bucket state across a reload.
+    fn same_buckets(&self, spec: &RuleSpec, max_keys: usize) -> bool {
+        self.spec.name == spec.name
+            && self.spec.limit == spec.limit
+            && self.spec.period == spec.period
+            && self.spec.burst == spec.burst
+            && self.max_keys == max_keys
+    }
 }
 
 /// All rules' tables.
@@ -169,9 +182,42 @@ impl RateLimiter<DefaultClock> {
 
 impl<C: Clock + Clone> RateLimiter<C> {
     pub fn with_clock(specs: Vec<RuleSpec>, max_keys: usize, clock: C) -> Self {
+        Self::build(specs, max_keys, clock, None)
+    }
+
+    /// A limiter for a reloaded rule set. Rules whose name, limit, period
+    /// and burst (and `max_keys`) are unchanged keep their buckets; the
+    /// others start fresh. Also returns the names of the kept rules.
+    pub fn reconfigure(&self, specs: Vec<RuleSpec>, max_keys: usize) -> (Self, Vec<String>) {
+        let next = Self::build(specs, max_keys, self.clock.clone(), Some(self));
+        let kept = next
+            .rules
+            .iter()
+            .filter(|r| {
+                self.rules
+                    .iter()
+                    .any(|old| Arc::ptr_eq(&old.buckets, &r.buckets))
+            })
+            .map(|r| r.spec.name.clone())
+            .collect();
+        (next, kept)
+    }
+
+    fn build(specs: Vec<RuleSpec>, max_keys: usize, clock: C, previous: Option<&Self>) -> Self {
         let rules = specs
             .into_iter()
             .map(|spec| {
+                let reuse =
+                    previous.and_then(|p| p.rules.iter().find(|r| r.same_buckets(&spec, max_keys)));
+                if let Some(old) = reuse {
+                    return Rule {
+                        spec,
+                        buckets: old.buckets.clone(),
+                        interval: old.interval,
+                        overflow: old.overflow.clone(),
+                        max_keys,
+                    };
+                }
                 let quota = spec.quota();
                 let overflow = Arc::new(AtomicU64::new(0));
                 let store = BoundedStore::new(max_keys, overflow.clone());
@@ -179,8 +225,9 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 Rule {
                     interval: quota.replenish_interval(),
                     spec,
-                    buckets,
+                    buckets: Arc::new(buckets),
                     overflow,
+                    max_keys,
                 }
             })
             .collect();
@@ -418,6 +465,40 @@ mod tests {
         // Known clients keep their own bucket.
         let d = lim.check("GET", "/", &ClientKey::V4(0u32.to_be_bytes()));
         assert_eq!(d.denied, None);
+    }
+
+    #[test]
+    fn reconfigure_keeps_unchanged_rules_only() {
+        let clock = FakeRelativeClock::default();
+        let a = rule("a", "/", &[], 1, 60_000, 1);
+        let b = rule("b", "/", &[], 1, 60_000, 1);
+        let lim = RateLimiter::with_clock(vec![a.clone(), b.clone()], 100, clock.clone());
+        lim.check("GET", "/", &A);
+        // a is unchanged but for its prefix; b gets a new limit.
+        let a2 = RuleSpec {
+            path_prefix: "/x".into(),
+            ..a
+        };
+        let b2 = RuleSpec {
+            limit: 2,
+            burst: 2,
+            ..b
+        };
+        let (next, kept) = lim.reconfigure(vec![b2, a2], 100);
+        assert_eq!(kept, vec!["a".to_string()]);
+        let d = next.check("GET", "/x", &A);
+        assert_eq!(
+            d.denied.map(|(s, _)| s.rule),
+            Some(1),
+            "a kept A's spent token"
+        );
+        assert!(
+            next.check("GET", "/", &A).denied.is_none(),
+            "b starts fresh"
+        );
+        let (fresh, kept) = next.reconfigure(next.rules().cloned().collect(), 50);
+        assert!(kept.is_empty(), "a new max_keys starts every table fresh");
+        assert!(fresh.check("GET", "/x", &A).denied.is_none());
     }
 
     #[test]

@@ -40,25 +40,51 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
 }
 
+fn rule_specs(cfg: &Config) -> Vec<RuleSpec> {
+    cfg.file
+        .rate_limit
+        .rules
+        .iter()
+        .map(|r| RuleSpec {
+            name: r.name.get_ref().clone(),
+            path_prefix: r.path_prefix.clone(),
+            methods: r.methods.clone(),
+            limit: *r.limit.get_ref(),
+            period: r.period.0,
+            burst: r
+                .burst
+                .as_ref()
+                .map_or(*r.limit.get_ref(), |b| *b.get_ref()),
+        })
+        .collect()
+}
+
 impl Runtime {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Runtime {
+        let rules = rule_specs(cfg);
+        let limiter = RateLimiter::new(rules.clone(), cfg.file.rate_limit.max_keys);
+        Runtime::build(cfg, metrics, rules, limiter)
+    }
+
+    /// The runtime for a reloaded config: unchanged rules keep their
+    /// buckets (see [`RateLimiter::reconfigure`]). Also returns the names
+    /// of the kept rules.
+    pub fn reconfigured(&self, cfg: &Config) -> (Runtime, Vec<String>) {
+        let rules = rule_specs(cfg);
+        let (limiter, kept) = self
+            .limiter
+            .reconfigure(rules.clone(), cfg.file.rate_limit.max_keys);
+        let next = Runtime::build(cfg, self.metrics.clone(), rules, limiter);
+        (next, kept)
+    }
+
+    fn build(
+        cfg: &Config,
+        metrics: Arc<Metrics>,
+        rules: Vec<RuleSpec>,
+        limiter: RateLimiter,
+    ) -> Runtime {
         let f = &cfg.file;
-        let rules: Vec<RuleSpec> = f
-            .rate_limit
-            .rules
-            .iter()
-            .map(|r| RuleSpec {
-                name: r.name.get_ref().clone(),
-                path_prefix: r.path_prefix.clone(),
-                methods: r.methods.clone(),
-                limit: *r.limit.get_ref(),
-                period: r.period.0,
-                burst: r
-                    .burst
-                    .as_ref()
-                    .map_or(*r.limit.get_ref(), |b| *b.get_ref()),
-            })
-            .collect();
         let routes = RouteTable::new(f.routes.iter().map(|r| {
             (
                 r.name.get_ref().clone(),
@@ -88,7 +114,7 @@ impl Runtime {
                 f.client_ip.trusted_proxies.clone(),
                 f.client_ip.ipv6_prefix,
             ),
-            limiter: RateLimiter::new(rules.clone(), f.rate_limit.max_keys),
+            limiter,
             rules,
             rate_limited,
             header_style: f.rate_limit.headers,
@@ -103,12 +129,16 @@ impl Runtime {
     }
 
     /// Rule names in rule order (the metric labels).
-    pub fn rule_names(cfg: &Config) -> Vec<String> {
-        cfg.file
-            .rate_limit
-            .rules
-            .iter()
-            .map(|r| r.name.get_ref().clone())
-            .collect()
+    pub fn rule_names(&self) -> Vec<String> {
+        self.rules.iter().map(|r| r.name.clone()).collect()
+    }
+
+    /// Copy the limiter's key counts into the metrics (at scrape time).
+    pub fn export_limiter_state(&self) {
+        self.metrics.set_limiter_state(
+            &self.rule_names(),
+            &self.limiter.key_counts(),
+            &self.limiter.overflow_totals(),
+        );
     }
 }

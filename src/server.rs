@@ -1,6 +1,7 @@
-//! Wiring: a Pingora server with the proxy service, the admin listener and
-//! a janitor that sweeps idle rate-limit keys.
+//! Wiring: a Pingora server with the proxy service, the admin listener, a
+//! janitor that sweeps idle rate-limit keys, and the SIGHUP reloader.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,56 +10,108 @@ use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service;
 
-use crate::admin::{Admin, Readiness};
+use crate::admin::{self, Admin, Readiness};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::runtime::Runtime;
+use crate::reload::Live;
 
-/// Sweeps idle keys and flips readiness.
+/// Sweeps idle keys from whichever runtime is current.
 struct Janitor {
-    rt: Arc<Runtime>,
-    ready: Arc<Readiness>,
+    live: Arc<Live>,
     every: Duration,
 }
 
 #[async_trait]
 impl BackgroundService for Janitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.ready.set(true);
         let mut tick = tokio::time::interval(self.every);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tick.tick() => self.rt.limiter.sweep(),
+                _ = tick.tick() => self.live.runtime().limiter.sweep(),
             }
         }
-        self.ready.set(false);
     }
 }
 
-/// Build the server for a validated config and run it; never returns.
-pub fn run(cfg: Config) -> ! {
+/// Reloads the config on SIGHUP (Pingora does not handle it).
+struct Reloader {
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; use POST /reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = hup.recv() => {
+                    let _ = admin::reload_off_thread(&self.live).await;
+                }
+            }
+        }
+    }
+}
+
+/// How the process was started.
+pub struct Launch {
+    pub config_path: PathBuf,
+    /// Take the listening sockets over from a running tollgate (SIGQUIT
+    /// hand-off; see docs/operations.md).
+    pub upgrade: bool,
+}
+
+/// Build the server for a validated config and run it; returns only if
+/// the start fails.
+pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     let f = &cfg.file;
-    let metrics = Arc::new(Metrics::new(&Runtime::rule_names(&cfg)));
-    let rt = Arc::new(Runtime::new(&cfg, metrics));
-    let ready = Arc::new(Readiness::default());
+    let rule_names: Vec<String> = f
+        .rate_limit
+        .rules
+        .iter()
+        .map(|r| r.name.get_ref().clone())
+        .collect();
+    let metrics = Arc::new(Metrics::new(&rule_names));
+    let live = Arc::new(Live::new(launch.config_path, &cfg, metrics));
+    let readiness = Arc::new(Readiness::default());
+    let admin_socket = match admin::bind(f.server.admin_listen) {
+        Ok(s) => s,
+        Err(e) => {
+            return std::io::Error::new(
+                e.kind(),
+                format!("admin_listen {}: {e}", f.server.admin_listen),
+            )
+        }
+    };
 
     let conf = ServerConf {
         threads: f.server.threads,
         grace_period_seconds: Some(f.server.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         ca_file: (!f.upstream.ca_file.is_empty()).then(|| f.upstream.ca_file.clone()),
+        upgrade_sock: f.server.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: launch.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(rt.clone()),
+        Gateway::new(live.clone()),
         "tollgate",
     );
     for addr in &f.server.listen.0 {
@@ -69,32 +122,25 @@ pub fn run(cfg: Config) -> ! {
         options.h2c = f.server.h2c;
         logic.server_options = Some(options);
     }
+    let sweep_every = f
+        .rate_limit
+        .sweep_interval
+        .0
+        .max(Duration::from_millis(100));
 
-    let mut admin = Service::new(
-        "tollgate admin".to_string(),
-        Admin {
-            rt: rt.clone(),
-            ready: ready.clone(),
-        },
-    );
-    admin.add_tcp(&f.server.admin_listen.to_string());
-    admin.threads = Some(1);
-
-    let janitor = background_service(
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "tollgate admin",
+        Admin::new(live.clone(), readiness, admin_socket),
+    ));
+    server.add_service(background_service(
         "tollgate janitor",
         Janitor {
-            rt,
-            ready,
-            every: f
-                .rate_limit
-                .sweep_interval
-                .0
-                .max(Duration::from_millis(100)),
+            live: live.clone(),
+            every: sweep_every,
         },
-    );
-    server.add_service(proxy);
-    server.add_service(admin);
-    server.add_service(janitor);
+    ));
+    server.add_service(background_service("tollgate reloader", Reloader { live }));
     tracing::info!(
         listen = ?f.server.listen.0,
         admin = %f.server.admin_listen,

@@ -33,6 +33,17 @@ pub struct Proc {
     pub log: Option<PathBuf>,
 }
 
+/// Send a signal (`"HUP"`, `"TERM"`, ...) to a process.
+pub fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(p.child.id().to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -71,8 +82,9 @@ impl Upstream {
 pub struct Gateway {
     pub port: u16,
     pub admin: u16,
+    pub upstream_port: u16,
     pub proc: Proc,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// A directory removed on drop.
@@ -111,33 +123,57 @@ impl Gateway {
         upstream_extra: &str,
         extra: &str,
     ) -> Gateway {
-        let port = free_port();
-        let admin = free_port();
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\ngrace_period = \"1s\"\n{server_extra}\n\n[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n{upstream_extra}\n{extra}\n"
-        );
         let dir = TempDir::new();
-        let cfg = dir.0.join("tollgate.toml");
-        std::fs::write(&cfg, toml).expect("write config");
-        let log = dir.0.join("stderr.log");
+        let mut gw = Gateway {
+            port: free_port(),
+            admin: free_port(),
+            upstream_port,
+            proc: Proc {
+                child: Command::new("true").spawn().expect("spawn"),
+                log: None,
+            },
+            dir,
+        };
+        gw.write_config(server_extra, upstream_extra, extra);
+        gw.proc = gw.spawn(&[]);
+        gw.wait_ready();
+        gw
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("tollgate.toml")
+    }
+
+    /// (Re)write the config file for this gateway's ports.
+    pub fn write_config(&self, server_extra: &str, upstream_extra: &str, extra: &str) {
+        let (port, admin, upstream_port) = (self.port, self.admin, self.upstream_port);
+        let upgrade_sock = self.dir.0.join("upgrade.sock");
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\nupgrade_sock = \"{}\"\n{server_extra}\n\n[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n{upstream_extra}\n{extra}\n",
+            upgrade_sock.display()
+        );
+        std::fs::write(self.config_path(), toml).expect("write config");
+    }
+
+    /// Start a tollgate process on this gateway's config.
+    pub fn spawn(&self, extra_args: &[&str]) -> Proc {
+        let log = self.dir.0.join(format!("stderr-{}.log", free_port()));
         let child = Command::new(BIN)
             .arg("--config")
-            .arg(&cfg)
+            .arg(self.config_path())
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start tollgate");
-        let gw = Gateway {
-            port,
-            admin,
-            proc: Proc {
-                child,
-                log: Some(log),
-            },
-            _dir: dir,
-        };
-        gw.wait_ready();
-        gw
+        Proc {
+            child,
+            log: Some(log),
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal(&self.proc, sig);
     }
 
     fn wait_ready(&self) {

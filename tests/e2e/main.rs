@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod errors;
+mod lifecycle;
 mod metrics;
 mod proxy;
 mod rate_limit;

@@ -1,0 +1,112 @@
+//! Live configuration: the current [`Runtime`] behind an `ArcSwap`, and
+//! reloading it from the file (SIGHUP or `POST /reload`).
+//!
+//! A bad file is refused and the old config keeps serving. Unchanged rules
+//! keep their buckets. Listener addresses, threads and h2c are fixed at
+//! start: a reload that changes them says so in the log and keeps the old
+//! values until a restart.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError, ServerConfig};
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+
+pub struct Live {
+    path: PathBuf,
+    current: ArcSwap<Runtime>,
+    /// The `[server]` the process was started with.
+    boot: ServerConfig,
+    metrics: Arc<Metrics>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Rules that kept their bucket state.
+    pub kept_rules: Vec<String>,
+    /// `[server]` keys that changed but need a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Live {
+    pub fn new(path: PathBuf, cfg: &Config, metrics: Arc<Metrics>) -> Live {
+        Live {
+            path,
+            current: ArcSwap::from_pointee(Runtime::new(cfg, metrics.clone())),
+            boot: cfg.file.server.clone(),
+            metrics,
+            reloading: Mutex::new(()),
+        }
+    }
+
+    /// The runtime new requests use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Re-read the file and swap the runtime in; counted in
+    /// `tollgate_config_reloads_total` and logged either way.
+    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let result = Config::load(&self.path).map(|cfg| {
+            let (next, kept_rules) = self.current.load().reconfigured(&cfg);
+            self.current.store(Arc::new(next));
+            let needs_restart = self.restart_only_changes(&cfg.file.server);
+            Reloaded {
+                kept_rules,
+                needs_restart,
+            }
+        });
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
+        match &result {
+            Ok(r) => {
+                tracing::info!(kept_rules = ?r.kept_rules, "config reloaded");
+                if !r.needs_restart.is_empty() {
+                    tracing::warn!(
+                        keys = ?r.needs_restart,
+                        "these [server] keys changed but take effect only after a restart"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the old config keeps serving")
+            }
+        }
+        result
+    }
+
+    fn restart_only_changes(&self, new: &ServerConfig) -> Vec<&'static str> {
+        let old = &self.boot;
+        let mut changed = Vec::new();
+        if old.listen != new.listen {
+            changed.push("server.listen");
+        }
+        if old.admin_listen != new.admin_listen {
+            changed.push("server.admin_listen");
+        }
+        if old.threads != new.threads {
+            changed.push("server.threads");
+        }
+        if old.h2c != new.h2c {
+            changed.push("server.h2c");
+        }
+        if old.grace_period != new.grace_period {
+            changed.push("server.grace_period");
+        }
+        changed
+    }
+}
