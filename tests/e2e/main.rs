@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod deploy;
 mod errors;
 mod lifecycle;
 mod metrics;
