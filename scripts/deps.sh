@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing tollgate needs on Debian, when missing:
 # cmake (Pingora's zlib-ng), curl (h2c test), promtool (metrics test),
-# nginx and openssl (the TLS upstream test).
+# nginx and openssl (the TLS upstream test), redis-server (the shared backend).
 set -euo pipefail
 
 need=()
@@ -11,6 +11,8 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v cc >/dev/null || need+=(build-essential)
 command -v openssl >/dev/null || need+=(openssl)
 command -v nginx >/dev/null || need+=(nginx-light)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -118,9 +118,16 @@ impl Endpoints {
             }
             ("GET", "/healthz") => (200, json, br#"{"status":"ok"}"#.to_vec()),
             ("GET", "/readyz") => {
+                // A degraded rate-limit backend is reported, not failed:
+                // the gateway still serves, under `on_backend_error`.
                 let state = self.readiness.state();
                 let code = if state == "ready" { 200 } else { 503 };
-                (code, json, json!({ "status": state }).to_string().into_bytes())
+                let mut body = json!({ "status": state });
+                if let Some(redis) = &self.live.runtime().redis {
+                    let backend = if redis.is_degraded() { "degraded" } else { "ok" };
+                    body["rate_limit_backend"] = json!({ "redis": backend });
+                }
+                (code, json, body.to_string().into_bytes())
             }
             ("POST", "/reload") => match reload_off_thread(&self.live).await {
                 Ok(r) => (

@@ -228,6 +228,11 @@ pub struct RateLimitConfig {
     pub backend: Backend,
     pub redis_url: String,
     pub on_backend_error: OnBackendError,
+    /// Longest wait for one Redis decision before `on_backend_error` applies.
+    pub redis_timeout: HumanDuration,
+    /// Redis Cluster seed nodes (`redis://host:port`); when set, used
+    /// instead of `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
     pub max_keys: usize,
     pub headers: HeaderStyle,
     /// How often idle keys are swept from the local tables.
@@ -241,6 +246,8 @@ impl Default for RateLimitConfig {
             backend: Backend::Local,
             redis_url: "redis://127.0.0.1:6379".into(),
             on_backend_error: OnBackendError::Local,
+            redis_timeout: HumanDuration(Duration::from_millis(20)),
+            redis_cluster_nodes: Vec::new(),
             max_keys: 1_000_000,
             headers: HeaderStyle::XRatelimit,
             sweep_interval: HumanDuration(Duration::from_secs(10)),
@@ -392,12 +399,25 @@ fn validate(file: FileConfig, at: &At) -> Result<Config, ConfigError> {
     if rl.max_keys == 0 {
         return Err(at(None, "rate_limit.max_keys", "must be at least 1".into()));
     }
-    if rl.backend == Backend::Redis {
+    if rl.redis_timeout.0.is_zero() {
         return Err(at(
             None,
-            "rate_limit.backend",
-            "the \"redis\" backend is not available in this build yet; use \"local\"".into(),
+            "rate_limit.redis_timeout",
+            "must be longer than zero".into(),
         ));
+    }
+    if rl.backend == Backend::Redis {
+        let check = |url: &str, key: &str| {
+            redis::Client::open(url)
+                .map(|_| ())
+                .map_err(|e| at(None, key, format!("`{url}` is not a Redis URL: {e}")))
+        };
+        if rl.redis_cluster_nodes.is_empty() {
+            check(&rl.redis_url, "rate_limit.redis_url")?;
+        }
+        for n in &rl.redis_cluster_nodes {
+            check(n, "rate_limit.redis_cluster_nodes")?;
+        }
     }
     let mut names = HashSet::new();
     for (i, r) in rl.rules.iter().enumerate() {

@@ -21,6 +21,7 @@ use crate::metrics::FailureKind;
 use crate::normalize::{self, Envelope, Source, UpstreamError};
 use crate::rate_limit::Decision;
 use crate::rate_limit_headers;
+use crate::redis_limiter::Outcome;
 use crate::reload::Live;
 use crate::request_id;
 use crate::routes::RouteId;
@@ -242,7 +243,23 @@ impl ProxyHttp for Gateway {
         ctx.route = rt.routes.find(method, path);
 
         if let Some(ip) = ctx.client_ip {
-            ctx.decision = rt.limiter.check(method, path, &rt.client_ip.key(ip));
+            let key = rt.client_ip.key(ip);
+            let outcome = match &rt.redis {
+                None => Outcome::Decided(rt.limiter.check(method, path, &key)),
+                Some(redis) => {
+                    redis
+                        .decide(method, path, &key, &rt.rules, &rt.limiter)
+                        .await
+                }
+            };
+            match outcome {
+                Outcome::Decided(d) => ctx.decision = d,
+                Outcome::Unavailable => {
+                    let msg = "Rate limiting is unavailable; try again shortly.";
+                    self.respond(session, ctx, 503, msg, Value::Null).await?;
+                    return Ok(true);
+                }
+            }
         }
         if let Some((state, retry_after)) = ctx.decision.denied {
             if let Some(c) = rt.rate_limited.get(state.rule) {

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod rate_limit;
 pub mod rate_limit_headers;
+pub mod redis_limiter;
 pub mod reload;
 pub mod request_id;
 pub mod routes;

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client_ip::ClientIpResolver;
-use crate::config::{Config, HeaderStyle};
+use crate::config::{Backend, Config, HeaderStyle};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::ErrorTable;
 use crate::rate_limit::{RateLimiter, RuleSpec};
+use crate::redis_limiter::{RedisLimiter, RedisTarget};
 use crate::routes::RouteTable;
 
 /// How to reach the upstream.
@@ -25,7 +26,11 @@ pub struct UpstreamSettings {
 pub struct Runtime {
     pub upstream: UpstreamSettings,
     pub client_ip: ClientIpResolver,
+    /// The local buckets: the limiter itself with `backend = "local"`, the
+    /// fallback for `on_backend_error = "local"` with Redis.
     pub limiter: RateLimiter,
+    /// The shared backend, with `backend = "redis"`.
+    pub redis: Option<Arc<RedisLimiter>>,
     pub rules: Vec<RuleSpec>,
     /// Per rule, in rule order.
     pub rate_limited: Vec<prometheus::IntCounter>,
@@ -74,7 +79,16 @@ impl Runtime {
         let (limiter, kept) = self
             .limiter
             .reconfigure(rules.clone(), cfg.file.rate_limit.max_keys);
-        let next = Runtime::build(cfg, self.metrics.clone(), rules, limiter);
+        let mut next = Runtime::build(cfg, self.metrics.clone(), rules, limiter);
+        // Keep the Redis connection when its settings did not change.
+        if let (Some(old), Some(new)) = (&self.redis, &next.redis) {
+            let same = old.target() == new.target()
+                && old.timeout() == new.timeout()
+                && old.policy() == new.policy();
+            if same {
+                next.redis = Some(old.clone());
+            }
+        }
         (next, kept)
     }
 
@@ -102,7 +116,23 @@ impl Runtime {
         } else {
             f.upstream.sni.clone()
         };
+        let redis = (f.rate_limit.backend == Backend::Redis)
+            .then(|| {
+                let rl = &f.rate_limit;
+                let target = if rl.redis_cluster_nodes.is_empty() {
+                    RedisTarget::Single(rl.redis_url.clone())
+                } else {
+                    RedisTarget::Cluster(rl.redis_cluster_nodes.clone())
+                };
+                let errors = metrics.backend_errors.with_label_values(&["redis"]);
+                RedisLimiter::new(target, rl.redis_timeout.0, rl.on_backend_error, errors)
+                    .map_err(|e| tracing::error!(error = %e, "redis backend not set up; limiting locally"))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .flatten();
         Runtime {
+            redis,
             upstream: UpstreamSettings {
                 addr: cfg.upstream_addr,
                 tls: f.upstream.tls,

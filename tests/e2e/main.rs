@@ -10,4 +10,5 @@ mod lifecycle;
 mod metrics;
 mod proxy;
 mod rate_limit;
+mod redis;
 mod tls;

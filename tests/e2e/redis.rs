@@ -1,0 +1,206 @@
+//! The Redis backend with real `redis-server` processes: one bucket shared
+//! by three replicas, each failure policy with Redis stopped or frozen, and
+//! recovery when Redis comes back.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    envelope, free_port, get, signal, wait_for_port, Conn, Gateway, Proc, Upstream,
+};
+
+struct Redis {
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            proc: None,
+        };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        self.proc = Some(Proc { child, log: None });
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    fn stop(&mut self) {
+        self.proc = None;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "redis did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn config(redis: &Redis, policy: &str, limit: u32) -> String {
+    format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\non_backend_error = \"{policy}\"\n\n[[rate_limit.rules]]\nname = \"shared\"\nlimit = {limit}\nperiod = \"1m\"\n",
+        redis.port
+    )
+}
+
+const CLIENT: [(&str, &str); 1] = [("x-forwarded-for", "198.51.100.5")];
+
+fn backend_errors(gw: &Gateway) -> f64 {
+    let text = String::from_utf8(get(gw.admin, "/metrics").unwrap().body).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tollgate_rate_limit_backend_errors_total{backend=\"redis\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("backend error series")
+}
+
+#[test]
+fn three_replicas_share_one_burst() {
+    let up = Upstream::start();
+    let redis = Redis::start();
+    let cfg = config(&redis, "deny", 10);
+    let replicas: Vec<Gateway> = (0..3).map(|_| Gateway::start(up.port, "", &cfg)).collect();
+    let mut conns: Vec<Conn> = replicas.iter().map(|g| g.connect()).collect();
+    let mut admitted = 0;
+    for i in 0..30 {
+        let r = conns[i % 3].send("GET", "/hello", &CLIENT, b"").unwrap();
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(r.header("x-ratelimit-limit"), Some("10"));
+                assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+                let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=6).contains(&retry), "one token every 6 s: {retry}");
+                assert_eq!(envelope(&r)["code"], "rate_limit_exceeded");
+            }
+            s => panic!("status {s}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert!(
+        (10..=11).contains(&admitted),
+        "the three replicas admitted {admitted}, not 3 x 10"
+    );
+    // Another client still has its whole burst.
+    let r = conns[0]
+        .send("GET", "/hello", &[("x-forwarded-for", "198.51.100.6")], b"")
+        .unwrap();
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("9"));
+}
+
+/// Send `n` requests, asserting each is answered within the decision
+/// timeout plus 50 ms; return the statuses.
+fn timed_statuses(c: &mut Conn, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let r = c.send("GET", "/hello", &CLIENT, b"").unwrap();
+            assert!(
+                t.elapsed() < Duration::from_millis(20 + 50),
+                "took {:?}",
+                t.elapsed()
+            );
+            r.status
+        })
+        .collect()
+}
+
+#[test]
+fn each_policy_applies_while_redis_is_down() {
+    let up = Upstream::start();
+    for (policy, expected) in [
+        ("local", vec![200, 200, 200, 429, 429]),
+        ("allow", vec![200; 5]),
+        ("deny", vec![503; 5]),
+    ] {
+        let mut redis = Redis::start();
+        let gw = Gateway::start(up.port, "", &config(&redis, policy, 3));
+        let mut c = gw.connect();
+        assert_eq!(
+            c.send("GET", "/hello", &CLIENT, b"").unwrap().status,
+            200,
+            "redis answers"
+        );
+        redis.stop();
+        // A fresh client, so the local fallback starts from a full bucket.
+        let fresh = [("x-forwarded-for", "198.51.100.77")];
+        let got: Vec<u16> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let r = c.send("GET", "/hello", &fresh, b"").unwrap();
+                assert!(
+                    t.elapsed() < Duration::from_millis(70),
+                    "{policy}: took {:?}",
+                    t.elapsed()
+                );
+                if r.status == 503 {
+                    assert_eq!(envelope(&r)["code"], "service_unavailable");
+                }
+                r.status
+            })
+            .collect();
+        assert_eq!(got, expected, "policy {policy}");
+        assert!(backend_errors(&gw) >= 5.0, "{policy}: failures counted");
+        let ready = get(gw.admin, "/readyz").unwrap();
+        assert_eq!(ready.status, 200, "still serving");
+        assert_eq!(ready.json()["rate_limit_backend"]["redis"], "degraded");
+        let log = gw.log();
+        assert_eq!(
+            log.matches("redis rate-limit backend unavailable").count(),
+            1,
+            "logged once:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_frozen_redis_costs_at_most_the_decision_timeout() {
+    let up = Upstream::start();
+    let redis = Redis::start();
+    let gw = Gateway::start(up.port, "", &config(&redis, "local", 100));
+    let mut c = gw.connect();
+    assert_eq!(c.send("GET", "/hello", &CLIENT, b"").unwrap().status, 200);
+    // SIGSTOP: the socket stays open but nothing answers.
+    signal(redis.proc.as_ref().unwrap(), "STOP");
+    let got = timed_statuses(&mut c, 10);
+    signal(redis.proc.as_ref().unwrap(), "CONT");
+    assert_eq!(got, vec![200; 10]);
+    assert!(backend_errors(&gw) >= 1.0);
+}
+
+#[test]
+fn shared_limiting_resumes_when_redis_returns() {
+    let up = Upstream::start();
+    let mut redis = Redis::start();
+    let gw = Gateway::start(up.port, "", &config(&redis, "allow", 3));
+    let mut c = gw.connect();
+    redis.stop();
+    assert_eq!(
+        timed_statuses(&mut c, 5),
+        vec![200; 5],
+        "allowed while down"
+    );
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = c.send("GET", "/hello", &CLIENT, b"").unwrap();
+        if r.status == 429 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "limits did not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready = get(gw.admin, "/readyz").unwrap();
+    assert_eq!(ready.json()["rate_limit_backend"]["redis"], "ok");
+    assert!(gw.log().contains("redis rate-limit backend is back"));
+}
