@@ -204,3 +204,108 @@ fn shared_limiting_resumes_when_redis_returns() {
     assert_eq!(ready.json()["rate_limit_backend"]["redis"], "ok");
     assert!(gw.log().contains("redis rate-limit backend is back"));
 }
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn redis_cluster_keeps_one_decision_in_one_slot() {
+    let dir = crate::harness::TempDir::new();
+    let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+    let _nodes: Vec<Proc> = ports
+        .iter()
+        .map(|p| {
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &p.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{p}.conf"),
+                ])
+                .current_dir(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            wait_for_port(*p, Duration::from_secs(10));
+            Proc { child, log: None }
+        })
+        .collect();
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli is installed (.ci/run installs redis-tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = Command::new("redis-cli")
+            .args(["-p", &ports[0].to_string(), "cluster", "info"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster not ok");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let up = Upstream::start();
+    let nodes: Vec<String> = addrs.iter().map(|a| format!("\"redis://{a}\"")).collect();
+    // Two rules match every request: the script touches two keys, which
+    // Redis Cluster accepts only if they share a slot.
+    let cfg = format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[rate_limit]\nbackend = \"redis\"\nredis_cluster_nodes = [{}]\nredis_timeout = \"200ms\"\non_backend_error = \"deny\"\n\n[[rate_limit.rules]]\nname = \"wide\"\nlimit = 100\nperiod = \"1m\"\n\n[[rate_limit.rules]]\nname = \"narrow\"\nlimit = 4\nperiod = \"1m\"\n",
+        nodes.join(", ")
+    );
+    let a = Gateway::start(up.port, "", &cfg);
+    let b = Gateway::start(up.port, "", &cfg);
+    let mut conns = [a.connect(), b.connect()];
+    let mut statuses = vec![];
+    for i in 0..8 {
+        statuses.push(
+            conns[i % 2]
+                .send("GET", "/hello", &CLIENT, b"")
+                .unwrap()
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 200, 429, 429, 429, 429],
+        "log:\n{}",
+        a.log()
+    );
+    // Many clients spread over the slots of all three nodes.
+    for i in 0..30 {
+        let ip = format!("203.0.113.{i}");
+        let r = conns[i % 2]
+            .send("GET", "/hello", &[("x-forwarded-for", ip.as_str())], b"")
+            .unwrap();
+        assert_eq!(r.status, 200, "client {ip}");
+    }
+    assert_eq!(backend_errors(&a) + backend_errors(&b), 0.0);
+}

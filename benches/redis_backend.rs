@@ -1,0 +1,143 @@
+//! The Redis backend against the local buckets: latency of one decision
+//! (sequential) and decisions per second with 64 in flight, on loopback,
+//! with a real `redis-server` started here on a free port.
+//!
+//! `cargo bench --bench redis_backend`
+
+use std::hint::black_box;
+use std::net::{IpAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tollgate::client_ip::ClientKey;
+use tollgate::config::OnBackendError;
+use tollgate::rate_limit::{RateLimiter, RuleSpec};
+use tollgate::redis_limiter::{Outcome, RedisLimiter, RedisTarget};
+
+fn rules() -> Vec<RuleSpec> {
+    vec![RuleSpec {
+        name: "bench".into(),
+        path_prefix: "/".into(),
+        methods: vec![],
+        limit: 1_000_000_000,
+        period: Duration::from_secs(1),
+        burst: 1_000_000_000,
+    }]
+}
+
+fn key(i: u32) -> ClientKey {
+    match IpAddr::from((0x0a00_0000u32 + i % 10_000).to_be_bytes()) {
+        IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+        IpAddr::V6(_) => ClientKey::Overflow,
+    }
+}
+
+struct RedisServer(std::process::Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Ok(child) = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+    else {
+        eprintln!("redis-server not installed: redis_backend bench skipped");
+        return;
+    };
+    let _server = RedisServer(child);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rules = rules();
+    let local = Arc::new(RateLimiter::new(rules.clone(), 1_000_000));
+    let errors = prometheus::IntCounter::new("errors", "bench").unwrap();
+    let redis = Arc::new(
+        RedisLimiter::new(
+            RedisTarget::Single(format!("redis://127.0.0.1:{port}")),
+            Duration::from_millis(200),
+            OnBackendError::Deny,
+            errors,
+        )
+        .unwrap(),
+    );
+    // Warm the connection and the script cache.
+    let first = rt.block_on(redis.decide("GET", "/", &key(0), &rules, &local));
+    assert!(matches!(first, Outcome::Decided(_)), "redis answers");
+
+    let mut g = c.benchmark_group("decision");
+    g.bench_function("local", |b| {
+        let mut i = 0u32;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(local.check("GET", "/", &key(i)))
+        })
+    });
+    g.bench_function("redis/sequential", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for i in 0..iters {
+                    black_box(
+                        redis
+                            .decide("GET", "/", &key(i as u32), &rules, &local)
+                            .await,
+                    );
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.bench_function("redis/64_in_flight", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                let per = iters.div_ceil(64);
+                for w in 0..64u64 {
+                    let (redis, local, rules) = (redis.clone(), local.clone(), rules.clone());
+                    set.spawn(async move {
+                        for i in 0..per {
+                            black_box(
+                                redis
+                                    .decide("GET", "/", &key((w * per + i) as u32), &rules, &local)
+                                    .await,
+                            );
+                        }
+                    });
+                }
+                while set.join_next().await.is_some() {}
+                // Report the time per decision actually made.
+                t.elapsed().mul_f64(iters as f64 / (per * 64) as f64)
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
