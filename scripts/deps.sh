@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building and testing tollgate needs on Debian, when missing:
 # cmake (Pingora's zlib-ng), curl (h2c test), promtool (metrics test),
-# nginx and openssl (the TLS upstream test), redis-server (the shared backend).
+# nginx and openssl (the TLS upstream test), redis-server (the shared backend),
+# wrk (the load harness).
 set -euo pipefail
 
 need=()
@@ -13,6 +14,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v wrk >/dev/null || need+=(wrk)
+command -v taskset >/dev/null || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -7,3 +7,8 @@ scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The load harness in smoke mode (2 s per case, debug build): it must run,
+# its figures are not judged here (docs/performance.md has real ones).
+command -v wrk >/dev/null || { echo "wrk missing" >&2; exit 1; }
+benches/load/run.sh --smoke > /dev/null
+echo "load harness smoke: ok"

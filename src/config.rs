@@ -17,6 +17,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+use crate::rate_limit::RuleSet;
+
 /// A config error that points at the place in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -418,6 +420,13 @@ fn validate(file: FileConfig, at: &At) -> Result<Config, ConfigError> {
         for n in &rl.redis_cluster_nodes {
             check(n, "rate_limit.redis_cluster_nodes")?;
         }
+    }
+    if rl.rules.len() > RuleSet::CAPACITY {
+        return Err(at(
+            None,
+            "rate_limit.rules",
+            format!("at most {} rules are supported", RuleSet::CAPACITY),
+        ));
     }
     let mut names = HashSet::new();
     for (i, r) in rl.rules.iter().enumerate() {

@@ -516,10 +516,7 @@ impl ProxyHttp for Gateway {
             .map_or(ctx.fail_code, |r| r.status.as_u16());
         let route = &rt.route_metrics[ctx.route];
         let elapsed = ctx.start.elapsed();
-        rt.metrics
-            .requests
-            .with_label_values(&[route.name.as_str(), &status.to_string()])
-            .inc();
+        route.count(status);
         route.request_duration.observe(elapsed.as_secs_f64());
         if !access_log::wanted(status, rt.log_all) {
             return;

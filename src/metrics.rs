@@ -3,6 +3,8 @@
 //! or ids. Families with label values known in advance start at zero so
 //! `rate()` and alerts work before the first event.
 
+use std::sync::OnceLock;
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -49,13 +51,30 @@ const KNOWN_ERROR_STATUSES: &[u16] = &[
     400, 401, 403, 404, 405, 409, 410, 413, 422, 429, 500, 502, 503, 504,
 ];
 
-/// Per-route handles, resolved once so a request does no label lookup
-/// for its histograms.
+/// Per-route handles, resolved once so a request does no label lookup:
+/// the histograms up front, the request counter per status on first use.
 #[derive(Clone)]
 pub struct RouteMetrics {
     pub name: String,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
+    requests: IntCounterVec,
+    /// `tollgate_requests_total{route, status}` for status 100..=599.
+    by_status: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RouteMetrics {
+    /// Count one answered request.
+    pub fn count(&self, status: u16) {
+        let counter = |s: u16| {
+            self.requests
+                .with_label_values(&[&self.name, &s.to_string()])
+        };
+        match self.by_status.get(usize::from(status.wrapping_sub(100))) {
+            Some(cell) => cell.get_or_init(|| counter(status)).inc(),
+            None => counter(status).inc(),
+        }
+    }
 }
 
 pub struct Metrics {
@@ -209,6 +228,8 @@ impl Metrics {
             name: name.to_string(),
             request_duration: self.request_duration.with_label_values(&[name]),
             upstream_duration: self.upstream_duration.with_label_values(&[name]),
+            requests: self.requests.clone(),
+            by_status: (100..=599).map(|_| OnceLock::new()).collect(),
         }
     }
 

@@ -127,6 +127,46 @@ pub struct RuleState {
     pub reset_secs: u64,
 }
 
+/// A set of rule indices; a config has at most [`RuleSet::CAPACITY`]
+/// rules, so a request's matching rules fit one word (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuleSet(u64);
+
+impl RuleSet {
+    pub const CAPACITY: usize = 64;
+
+    pub fn insert(&mut self, i: usize) {
+        if i < Self::CAPACITY {
+            self.0 |= 1 << i;
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Indices in increasing order.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(i)
+        })
+    }
+}
+
+impl FromIterator<usize> for RuleSet {
+    fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Self {
+        let mut set = RuleSet::default();
+        iter.into_iter().for_each(|i| set.insert(i));
+        set
+    }
+}
+
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
@@ -135,8 +175,8 @@ pub struct Decision {
     pub denied: Option<(RuleState, u64)>,
     /// The rule with the least remaining capacity, for the headers.
     pub tightest: Option<RuleState>,
-    /// Every rule that matched (indices), for `RateLimit-Policy`.
-    pub matched: Vec<usize>,
+    /// Every rule that matched, for `RateLimit-Policy`.
+    pub matched: RuleSet,
 }
 
 struct Rule<C: Clock> {
@@ -245,7 +285,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
             if !rule.spec.matches(method, path) {
                 continue;
             }
-            decision.matched.push(i);
+            decision.matched.insert(i);
             match rule.buckets.check_key(key) {
                 Ok(snapshot) => {
                     let state = self.allowed_state(i, rule, &snapshot);
@@ -417,10 +457,10 @@ mod tests {
         for _ in 0..5 {
             let d = lim.check("GET", "/v1/auth/login", &A);
             assert!(d.denied.is_none());
-            assert_eq!(d.matched, vec![0]);
+            assert_eq!(d.matched.iter().collect::<Vec<_>>(), vec![0]);
         }
         let d = lim.check("POST", "/v1/auth/login", &A);
-        assert_eq!(d.matched, vec![0, 1]);
+        assert_eq!(d.matched.iter().collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(d.tightest.unwrap().rule, 1, "auth is tighter");
         assert_eq!(d.tightest.unwrap().remaining, 1);
         assert!(lim.check("POST", "/v1/auth/login", &A).denied.is_none());

@@ -27,7 +27,7 @@ pub fn render(
     }
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
         let mut policy = String::new();
-        for &i in &decision.matched {
+        for i in decision.matched.iter() {
             let Some(rule) = rules.get(i) else { continue };
             if !policy.is_empty() {
                 policy.push_str(", ");
@@ -79,7 +79,7 @@ mod tests {
         Decision {
             denied: Some((state, 3)),
             tightest: Some(state),
-            matched: vec![0, 1],
+            matched: [0, 1].into_iter().collect(),
         }
     }
 

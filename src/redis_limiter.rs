@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 
 use crate::client_ip::ClientKey;
 use crate::config::OnBackendError;
-use crate::rate_limit::{Decision, RateLimiter, RuleSpec, RuleState};
+use crate::rate_limit::{Decision, RateLimiter, RuleSet, RuleSpec, RuleState};
 
 /// How long Redis is left alone after a failed decision.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
@@ -155,7 +155,7 @@ impl RedisLimiter {
         rules: &[RuleSpec],
         local: &RateLimiter,
     ) -> Outcome {
-        let matched: Vec<usize> = (0..rules.len())
+        let matched: RuleSet = (0..rules.len())
             .filter(|&i| rules[i].matches(method, path))
             .collect();
         if matched.is_empty() {
@@ -163,7 +163,7 @@ impl RedisLimiter {
         }
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         if now_ms >= self.skip_until_ms.load(Ordering::Relaxed) {
-            let call = tokio::time::timeout(self.timeout, self.eval(key, rules, &matched)).await;
+            let call = tokio::time::timeout(self.timeout, self.eval(key, rules, matched)).await;
             let failure = match call {
                 Ok(Ok(decision)) => {
                     self.mark_healthy();
@@ -209,11 +209,11 @@ impl RedisLimiter {
         &self,
         key: &ClientKey,
         rules: &[RuleSpec],
-        matched: &[usize],
+        matched: RuleSet,
     ) -> Result<Decision, String> {
         let client = bucket_tag(key);
         let mut inv = self.script.prepare_invoke();
-        for &i in matched {
+        for i in matched.iter() {
             let r = &rules[i];
             let interval_us = (r.period.as_micros() / u128::from(r.limit.max(1))).max(1) as u64;
             inv.key(format!(
@@ -287,12 +287,12 @@ fn ceil_secs_us(us: i64) -> u64 {
 }
 
 /// Turn the script's numbers into a [`Decision`].
-fn decision_from(raw: &[i64], rules: &[RuleSpec], matched: &[usize]) -> Decision {
+fn decision_from(raw: &[i64], rules: &[RuleSpec], matched: RuleSet) -> Decision {
     let mut d = Decision {
-        matched: matched.to_vec(),
+        matched,
         ..Decision::default()
     };
-    for (chunk, &i) in raw.chunks_exact(4).zip(matched) {
+    for (chunk, i) in raw.chunks_exact(4).zip(matched.iter()) {
         let state = RuleState {
             rule: i,
             limit: rules[i].limit,
@@ -332,7 +332,11 @@ mod tests {
 
     #[test]
     fn script_numbers_become_a_decision() {
-        let d = decision_from(&[1, 99, 0, 600_000, 1, 4, 0, 12_000_000], &rules(), &[0, 1]);
+        let d = decision_from(
+            &[1, 99, 0, 600_000, 1, 4, 0, 12_000_000],
+            &rules(),
+            [0, 1].into_iter().collect(),
+        );
         assert!(d.denied.is_none());
         assert_eq!(d.tightest.unwrap().rule, 1);
         assert_eq!(d.tightest.unwrap().remaining, 4);
@@ -341,7 +345,7 @@ mod tests {
         let d = decision_from(
             &[1, 99, 0, 600_000, 0, 0, 11_500_001, 60_000_000],
             &rules(),
-            &[0, 1],
+            [0, 1].into_iter().collect(),
         );
         let (state, retry) = d.denied.unwrap();
         assert_eq!((state.rule, retry, state.reset_secs), (1, 12, 60));

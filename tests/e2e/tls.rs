@@ -83,6 +83,7 @@ fn start_nginx() -> TlsUpstream {
     let port = free_port();
     let conf = format!(
         r#"daemon off;
+master_process off;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 64; }}

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# The load harness: tollgate side by side with what an operator would
+# otherwise run, in one run, on loopback.
+#
+# Targets, interleaved (A B C D A B C D ...), each started fresh per run:
+#   direct    wrk -> upstream NGINX (the upstream's own cost)
+#   nginx     NGINX, 1 worker, proxy_pass with keep-alive upstream and a
+#             per-IP limit_req ($binary_remote_addr) that never triggers
+#   bare      a bare Pingora pass-through proxy (examples/bare_proxy.rs):
+#             the framework's floor, same profile and allocator as tollgate
+#   tollgate  1 thread, one never-triggering per-IP rule, metrics on
+# Scenarios: ok (200 pass-through), err (422: normalized by tollgate, passed
+# through by the others), limited (429 answered by the proxy itself:
+# tollgate vs NGINX limit_req_status 429), at each connection count.
+#
+# For each run: requests/s, p50/p99 latency, CPU microseconds per request
+# of the proxy process (utime+stime from /proc/PID/stat, before and after),
+# peak RSS (VmHWM). Medians and ratios are printed at the end. When the
+# machine has 2 or more cores the proxy is pinned to CPU 1 and wrk and the
+# upstream to CPU 0.
+#
+# Usage: benches/load/run.sh [--smoke] [--duration S] [--repeats N]
+#          [--conns "64 1000"] [--scenarios "ok err limited"]
+#          [--targets "direct nginx bare tollgate"] [--threads N]
+#          [--profile release|debug] [--out FILE]
+#   --smoke: 2 s per case, 1 repeat, 64 connections, debug build: checks
+#   that the harness runs (CI), not how fast anything is.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+duration=10
+repeats=3
+conns="64 1000"
+scenarios="ok err limited"
+targets="direct nginx bare tollgate"
+threads=1
+profile=release
+out=""
+warmup=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) duration=2; repeats=1; conns="64"; profile=debug; warmup=0 ;;
+    --duration) duration=$2; shift ;;
+    --repeats) repeats=$2; shift ;;
+    --conns) conns=$2; shift ;;
+    --scenarios) scenarios=$2; shift ;;
+    --targets) targets=$2; shift ;;
+    --threads) threads=$2; shift ;;
+    --profile) profile=$2; shift ;;
+    --out) out=$2; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+for tool in wrk nginx python3; do
+  command -v $tool >/dev/null || { echo "$tool is needed (scripts/deps.sh installs it)" >&2; exit 1; }
+done
+
+if [ "$profile" = release ]; then
+  cargo build --release --bin tollgate --example bare_proxy >&2
+  dir=target/release
+else
+  cargo build --bin tollgate --example bare_proxy >&2
+  dir=target/debug
+fi
+tollgate_bin=$dir/tollgate
+bare_bin=$dir/examples/bare_proxy
+
+ulimit -n 65536 2>/dev/null || ulimit -n 4096
+work=$(mktemp -d)
+results=${out:-$work/results.tsv}
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+if [ "$(nproc)" -ge 2 ]; then
+  pin_proxy="taskset -c 1"; pin_load="taskset -c 0"
+else
+  pin_proxy=""; pin_load=""
+fi
+clk=$(getconf CLK_TCK)
+
+# The upstream, for the whole run.
+up_port=$(free_port)
+sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$up_port#g" benches/load/nginx-upstream.conf > "$work/upstream.conf"
+$pin_load nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
+up_pid=$!
+pids+=("$up_pid")
+wait_port "$up_port"
+
+# start_target NAME SCENARIO -> sets target_pid, target_port
+start_target() {
+  local name=$1 scenario=$2
+  target_port=$(free_port)
+  case "$name" in
+    direct)
+      target_port=$up_port; target_pid=$up_pid; return ;;
+    nginx)
+      local rate="1000000r/s" burst="burst=1000000 nodelay"
+      if [ "$scenario" = limited ]; then rate="1r/m"; burst=""; fi
+      sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$target_port#g" -e "s#__UPSTREAM__#$up_port#g" \
+        -e "s#__RATE__#$rate#g" -e "s#__BURST__#$burst#g" benches/load/nginx-proxy.conf > "$work/proxy.conf"
+      $pin_proxy nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" &
+      target_pid=$! ;;
+    bare)
+      $pin_proxy "$bare_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" 2>/dev/null &
+      target_pid=$! ;;
+    tollgate)
+      local limit=1000000000
+      [ "$scenario" = limited ] && limit=1
+      sed -e "s#__PORT__#$target_port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
+        -e "s#__LIMIT__#$limit#g" -e "s#__THREADS__#$threads#g" benches/load/tollgate.toml > "$work/tollgate.toml"
+      TOLLGATE_LOG=error $pin_proxy "$tollgate_bin" --config "$work/tollgate.toml" 2>/dev/null &
+      target_pid=$! ;;
+  esac
+  pids+=("$target_pid")
+  wait_port "$target_port"
+}
+
+stop_target() {
+  [ "$target_pid" = "$up_pid" ] && return
+  kill "$target_pid" 2>/dev/null || true
+  wait "$target_pid" 2>/dev/null || true
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run_case TARGET SCENARIO CONNS REP
+run_case() {
+  local name=$1 scenario=$2 c=$3 rep=$4 path=/ok
+  [ "$scenario" = err ] && path=/err
+  start_target "$name" "$scenario"
+  local url="http://127.0.0.1:$target_port$path"
+  if [ "$scenario" = limited ]; then
+    curl -s -o /dev/null "$url" || true   # spend the one token
+  fi
+  if [ "$warmup" -gt 0 ]; then
+    $pin_load wrk -t1 -c"$c" -d"${warmup}s" "$url" >/dev/null 2>&1 || true
+  fi
+  # NGINX's master only supervises: measure its (one) worker.
+  local measured=$target_pid
+  if [ "$name" = direct ] || [ "$name" = nginx ]; then
+    measured=$(pgrep -P "$target_pid" | head -n 1)
+  fi
+  local before after
+  before=$(cpu_ticks "$measured")
+  $pin_load wrk -t1 -c"$c" -d"${duration}s" --latency "$url" > "$work/wrk.txt" 2>&1
+  after=$(cpu_ticks "$measured")
+  local rss
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$measured/status")
+  python3 - "$work/wrk.txt" "$name" "$scenario" "$c" "$rep" "$((after - before))" "$clk" "$rss" "$duration" >> "$results" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+name, scenario, conns, rep, ticks, clk, rss, dur = sys.argv[2:]
+def unit(v, u):
+    return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[u]
+reqs = int(re.search(r"(\d+) requests in", text).group(1))
+lat = {p: unit(v, u) for p, v, u in re.findall(r"\s(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)", text)}
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+bad = int(bad.group(1)) if bad else 0
+errors = re.search(r"Socket errors: (.*)", text)
+cpu_us = int(ticks) * 1e6 / int(clk) / max(reqs, 1)
+print("\t".join(map(str, [name, scenario, conns, rep, f"{reqs / float(dur):.0f}", f"{lat.get('50', 0):.3f}",
+      f"{lat.get('99', 0):.3f}", f"{cpu_us:.1f}", int(rss) // 1024, bad, (errors.group(1).strip() if errors else "-")])))
+PY
+  stop_target
+  tail -n 1 "$results" >&2
+}
+
+printf 'target\tscenario\tconns\trep\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tpeak_rss_mb\tnon_2xx\tsocket_errors\n' > "$results"
+echo "target scenario conns rep req/s p50_ms p99_ms cpu_us/req rss_mb non2xx socket_errors" >&2
+for c in $conns; do
+  for scenario in $scenarios; do
+    for rep in $(seq "$repeats"); do
+      for name in $targets; do
+        # The 429 case is the proxy's own answer: no direct or bare run.
+        if [ "$scenario" = limited ] && { [ "$name" = direct ] || [ "$name" = bare ]; }; then continue; fi
+        run_case "$name" "$scenario" "$c" "$rep"
+      done
+    done
+  done
+done
+
+python3 - "$results" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+med = {}
+for key in {(r["scenario"], r["conns"], r["target"]) for r in rows}:
+    sel = [r for r in rows if (r["scenario"], r["conns"], r["target"]) == key]
+    med[key] = {f: statistics.median(float(r[f]) for r in sel)
+                for f in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "peak_rss_mb")}
+print()
+print("| scenario | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | CPU vs nginx | CPU vs bare |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for (scenario, conns, target) in sorted(med, key=lambda k: (k[0], int(k[1]), k[2])):
+    m = med[(scenario, conns, target)]
+    def ratio(other):
+        o = med.get((scenario, conns, other))
+        return f"{m['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}" if o and o["cpu_us_per_req"] else "-"
+    print(f"| {scenario} | {conns} | {target} | {m['req_per_s']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
+          f"{m['cpu_us_per_req']:.1f} | {m['peak_rss_mb']:.0f} | {ratio('nginx')} | {ratio('bare')} |")
+for conns in sorted({k[1] for k in med}, key=int):
+    ok = med.get(("ok", conns, "tollgate"))
+    for scenario, label in (("err", "422 normalized"), ("limited", "429 from the gateway")):
+        m = med.get((scenario, conns, "tollgate"))
+        if ok and m and ok["cpu_us_per_req"]:
+            print(f"tollgate {label} / tollgate 200 pass-through, {conns} conns: "
+                  f"{m['cpu_us_per_req'] / ok['cpu_us_per_req']:.2f}x CPU per request")
+PY
+echo "raw results: $results" >&2
+[ -n "$out" ] || cat "$results" > /dev/null

@@ -1,0 +1,59 @@
+//! The framework floor for the load harness: a Pingora pass-through proxy
+//! with nothing but `upstream_peer`, built with the same profile and
+//! allocator as tollgate.
+//!
+//! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts]`
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::{Opt, ServerConf};
+
+/// The same allocator as tollgate's binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Bare {
+    upstream: String,
+    /// Set the same peer timeouts tollgate sets (for A/B measurements).
+    timeouts: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
+        if self.timeouts {
+            let o = &mut peer.options;
+            o.connection_timeout = Some(std::time::Duration::from_secs(1));
+            o.total_connection_timeout = Some(std::time::Duration::from_secs(1));
+            o.read_timeout = Some(std::time::Duration::from_secs(30));
+            o.write_timeout = Some(std::time::Duration::from_secs(30));
+            o.idle_timeout = Some(std::time::Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:6190".into());
+    let upstream = args.next().unwrap_or_else(|| "127.0.0.1:3000".into());
+    let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let timeouts = args.next().as_deref() == Some("timeouts");
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, timeouts });
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
