@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::http1::{full, head, read_request, Request};
+use crate::http1::{chunked, full, head, read_request, Request};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Dialects served under `/errors/`.
@@ -110,20 +110,7 @@ async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool>
         "/bytes" => {
             let body = pattern(req.param_u64("n", 1024) as usize);
             if req.param("chunked") == Some("1") {
-                let mut out = head(
-                    200,
-                    &[
-                        ("content-type", "application/octet-stream".into()),
-                        ("transfer-encoding", "chunked".into()),
-                    ],
-                );
-                for piece in body.chunks(7919) {
-                    out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                    out.extend_from_slice(piece);
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(b"0\r\n\r\n");
-                out
+                chunked(200, "application/octet-stream", &body, 7919)
             } else {
                 full(200, "application/octet-stream", &[], &body)
             }
@@ -219,14 +206,7 @@ async fn error_dialect(
         }
         "chunked" => {
             let body = br#"{"message":"Sent in pieces","validation_errors":["first","second"]}"#;
-            let mut out = head(pick(422), &[("content-type", json.into()), ("transfer-encoding", "chunked".into())]);
-            for piece in body.chunks(9) {
-                out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                out.extend_from_slice(piece);
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"0\r\n\r\n");
-            out
+            chunked(pick(422), json, body, 9)
         }
         "close" => {
             let mut out = head(pick(500), &[("content-type", json.into()), ("connection", "close".into())]);

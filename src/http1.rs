@@ -149,3 +149,19 @@ pub fn full(status: u16, ctype: &str, extra: &[(&str, String)], body: &[u8]) -> 
     out.extend_from_slice(body);
     out
 }
+
+/// A whole response with a chunked body cut into pieces of `piece` bytes.
+pub fn chunked(status: u16, ctype: &str, body: &[u8], piece: usize) -> Vec<u8> {
+    let headers = [
+        ("content-type", ctype.to_string()),
+        ("transfer-encoding", "chunked".to_string()),
+    ];
+    let mut out = head(status, &headers);
+    for part in body.chunks(piece.max(1)) {
+        out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
