@@ -386,3 +386,16 @@ pub fn envelope(r: &Response) -> serde_json::Map<String, serde_json::Value> {
     );
     e
 }
+
+/// A checker (promtool, systemd-analyze) exited 0 and said nothing.
+pub fn assert_quiet_success(out: &std::process::Output, what: &str) {
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "{what}: {said}"
+    );
+}

@@ -126,15 +126,7 @@ fn metrics_count_traffic_and_pass_promtool() {
         .write_all(text.as_bytes())
         .unwrap();
     let out = promtool.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}"
-    );
+    crate::harness::assert_quiet_success(&out, "promtool");
 }
 
 #[test]
