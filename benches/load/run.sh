@@ -17,12 +17,13 @@
 # of the proxy process (utime+stime from /proc/PID/stat, before and after),
 # peak RSS (VmHWM). Medians and ratios are printed at the end. When the
 # machine has 2 or more cores the proxy is pinned to CPU 1 and wrk and the
-# upstream to CPU 0.
+# upstream to CPU 0 (--no-pin leaves scheduling to the kernel, for
+# measuring more than one proxy thread).
 #
 # Usage: benches/load/run.sh [--smoke] [--duration S] [--repeats N]
 #          [--conns "64 1000"] [--scenarios "ok err limited"]
 #          [--targets "direct nginx bare tollgate"] [--threads N]
-#          [--profile release|debug] [--out FILE]
+#          [--profile release|debug] [--out FILE] [--no-pin]
 #   --smoke: 2 s per case, 1 repeat, 64 connections, debug build: checks
 #   that the harness runs (CI), not how fast anything is.
 set -euo pipefail
@@ -37,6 +38,7 @@ threads=1
 profile=release
 out=""
 warmup=2
+no_pin=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) duration=2; repeats=1; conns="64"; profile=debug; warmup=0 ;;
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --scenarios) scenarios=$2; shift ;;
     --targets) targets=$2; shift ;;
     --threads) threads=$2; shift ;;
+    --no-pin) no_pin=1 ;;
     --profile) profile=$2; shift ;;
     --out) out=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -85,7 +88,7 @@ wait_port() {
   done
   echo "nothing listens on $1" >&2; return 1
 }
-if [ "$(nproc)" -ge 2 ]; then
+if [ "$(nproc)" -ge 2 ] && [ "$no_pin" = 0 ]; then
   pin_proxy="taskset -c 1"; pin_load="taskset -c 0"
 else
   pin_proxy=""; pin_load=""
