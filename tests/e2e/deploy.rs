@@ -202,6 +202,7 @@ fn prom_query(port: u16, q: &str) -> Vec<Value> {
 
 #[test]
 fn a_real_prometheus_scrapes_tollgate_with_the_shipped_config() {
+    let _serial = crate::harness::exclusive();
     let up = Upstream::start();
     let rules = "[[rate_limit.rules]]\nname = \"default\"\npath_prefix = \"/hello\"\nlimit = 5\nperiod = \"1m\"\n";
     let gw = Gateway::start(up.port, "", rules);

@@ -247,6 +247,7 @@ fn head_gets_status_and_headers_without_body() {
 
 #[test]
 fn refused_upstream_is_502_within_the_connect_timeout() {
+    let _serial = crate::harness::exclusive();
     let dead = crate::harness::free_port();
     let gw = Gateway::start(dead, "connect_timeout = \"500ms\"", "");
     let t = Instant::now();
@@ -267,6 +268,7 @@ fn refused_upstream_is_502_within_the_connect_timeout() {
 
 #[test]
 fn slow_upstream_is_504() {
+    let _serial = crate::harness::exclusive();
     let up = Upstream::start();
     let gw = Gateway::start(up.port, "read_timeout = \"300ms\"", "");
     let t = Instant::now();

@@ -399,3 +399,11 @@ pub fn assert_quiet_success(out: &std::process::Output, what: &str) {
         "{what}: {said}"
     );
 }
+
+/// Serializes the tests that time requests against a bound and the tests
+/// that load the machine (Prometheus, a Redis Cluster, an upgrade), so a
+/// busy 2-core CI machine cannot push a timed request past its bound.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

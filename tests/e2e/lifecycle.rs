@@ -87,6 +87,7 @@ fn sighup_keeps_unchanged_buckets_and_refuses_a_broken_file() {
 
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let _serial = crate::harness::exclusive();
     let up = Upstream::start();
     let mut gw = Gateway::start_with(up.port, "grace_period = \"3s\"", "", "");
     let port = gw.port;
@@ -128,6 +129,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
 
 #[test]
 fn sigquit_hands_the_listeners_to_a_new_process() {
+    let _serial = crate::harness::exclusive();
     let up = Upstream::start();
     let mut gw = Gateway::start_with(up.port, "grace_period = \"1s\"", "", "");
     let port = gw.port;

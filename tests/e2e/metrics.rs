@@ -12,6 +12,17 @@ fn scrape(gw: &Gateway) -> String {
     String::from_utf8(r.body).expect("utf-8")
 }
 
+fn scrape_until(gw: &Gateway, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = scrape(gw);
+        if ready(&text) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
@@ -51,7 +62,10 @@ fn metrics_count_traffic_and_pass_promtool() {
     assert_eq!(c.request("GET", "/errors/validation").status, 422);
     assert_eq!(c.request("GET", "/hello").status, 429);
 
-    let text = scrape(&gw);
+    // A request is counted as its log phase ends, just after its response:
+    // wait for the last one.
+    let last = "tollgate_requests_total{route=\"default\",status=\"429\"} ";
+    let text = scrape_until(&gw, |t| t.contains(last));
     assert_eq!(
         value(
             &text,
@@ -162,7 +176,12 @@ fn access_log_is_json_without_secrets() {
         .unwrap();
     assert_eq!(r.status, 500);
     assert_eq!(c.request("GET", "/hello").status, 200);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The line is written as the request's log phase ends: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.log().contains("\"log-test-1\"") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let log = gw.log();
     assert!(!log.contains("s3cr3t"), "a secret was logged:\n{log}");
     let line = log

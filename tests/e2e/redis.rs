@@ -117,6 +117,7 @@ fn timed_statuses(c: &mut Conn, n: usize) -> Vec<u16> {
 
 #[test]
 fn each_policy_applies_while_redis_is_down() {
+    let _serial = crate::harness::exclusive();
     let up = Upstream::start();
     for (policy, expected) in [
         ("local", vec![200, 200, 200, 429, 429]),
@@ -165,6 +166,7 @@ fn each_policy_applies_while_redis_is_down() {
 
 #[test]
 fn a_frozen_redis_costs_at_most_the_decision_timeout() {
+    let _serial = crate::harness::exclusive();
     let up = Upstream::start();
     let redis = Redis::start();
     let gw = Gateway::start(up.port, "", &config(&redis, "local", 100));
@@ -180,6 +182,7 @@ fn a_frozen_redis_costs_at_most_the_decision_timeout() {
 
 #[test]
 fn shared_limiting_resumes_when_redis_returns() {
+    let _serial = crate::harness::exclusive();
     let up = Upstream::start();
     let mut redis = Redis::start();
     let gw = Gateway::start(up.port, "", &config(&redis, "allow", 3));
@@ -217,6 +220,7 @@ fn cluster_port() -> u16 {
 
 #[test]
 fn redis_cluster_keeps_one_decision_in_one_slot() {
+    let _serial = crate::harness::exclusive();
     let dir = crate::harness::TempDir::new();
     let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
     let _nodes: Vec<Proc> = ports
