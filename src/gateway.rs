@@ -189,6 +189,95 @@ fn classify(e: &Error) -> (u16, Option<FailureKind>, &'static str) {
     }
 }
 
+/// Who is asking, for what: request id, client address, route.
+fn identify(session: &Session, ctx: &mut Ctx) {
+    let rt = &ctx.rt;
+    let req = session.req_header();
+    ctx.head = req.method == Method::HEAD;
+    ctx.request_id =
+        request_id::reuse_or_generate(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    ctx.client_ip = peer.map(|p| {
+        let values = |name| req.headers.get_all(name).iter().map(|v| v.as_bytes());
+        rt.client_ip
+            .resolve(p, values("x-forwarded-for"), values("forwarded"))
+    });
+    ctx.route = rt.routes.find(req.method.as_str(), req.uri.path());
+}
+
+impl Gateway {
+    /// The rate-limit decision; answers 429 (or 503 when the shared
+    /// backend is down under `on_backend_error = "deny"`) and returns true
+    /// when the request stops here.
+    async fn enforce_limits(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(ip) = ctx.client_ip else {
+            return Ok(false);
+        };
+        let rt = ctx.rt.clone();
+        let key = rt.client_ip.key(ip);
+        let req = session.req_header();
+        let (method, path) = (req.method.as_str(), req.uri.path());
+        let outcome = match &rt.redis {
+            None => Outcome::Decided(rt.limiter.check(method, path, &key)),
+            Some(redis) => {
+                redis
+                    .decide(method, path, &key, &rt.rules, &rt.limiter)
+                    .await
+            }
+        };
+        ctx.decision = match outcome {
+            Outcome::Decided(d) => d,
+            Outcome::Unavailable => {
+                let msg = "Rate limiting is unavailable; try again shortly.";
+                self.respond(session, ctx, 503, msg, Value::Null).await?;
+                return Ok(true);
+            }
+        };
+        let Some((state, retry_after)) = ctx.decision.denied else {
+            return Ok(false);
+        };
+        if let Some(c) = rt.rate_limited.get(state.rule) {
+            c.inc();
+        }
+        ctx.retry_after = Some(retry_after);
+        let msg = "Too many requests; retry after the time in Retry-After.";
+        let details = json!({ "retry_after": retry_after });
+        self.respond(session, ctx, 429, msg, details).await?;
+        Ok(true)
+    }
+
+    /// 413 for a declared body over the limit; a body of unknown length is
+    /// held until it is known to fit (see `request_body_filter`).
+    async fn check_body_size(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let limit = ctx.rt.max_request_body;
+        let declared = session
+            .req_header()
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match declared {
+            Some(n) if n > limit => {
+                let msg = format!(
+                    "The request body is larger than the {limit} bytes this gateway accepts."
+                );
+                // The body is not read: the connection cannot be reused.
+                session.set_keepalive(None);
+                self.respond(session, ctx, 413, &msg, Value::Null).await?;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => {
+                ctx.hold_request_body = !session.is_body_empty();
+                Ok(false)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -216,88 +305,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let rt = ctx.rt.clone();
-        let req = session.req_header();
-        ctx.head = req.method == Method::HEAD;
-        ctx.request_id =
-            request_id::reuse_or_generate(req.headers.get("x-request-id").map(|v| v.as_bytes()));
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        ctx.client_ip = peer.map(|p| {
-            rt.client_ip.resolve(
-                p,
-                req.headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .map(|v| v.as_bytes()),
-                req.headers
-                    .get_all("forwarded")
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            )
-        });
-        let method = req.method.as_str();
-        let path = req.uri.path();
-        ctx.route = rt.routes.find(method, path);
-
-        if let Some(ip) = ctx.client_ip {
-            let key = rt.client_ip.key(ip);
-            let outcome = match &rt.redis {
-                None => Outcome::Decided(rt.limiter.check(method, path, &key)),
-                Some(redis) => {
-                    redis
-                        .decide(method, path, &key, &rt.rules, &rt.limiter)
-                        .await
-                }
-            };
-            match outcome {
-                Outcome::Decided(d) => ctx.decision = d,
-                Outcome::Unavailable => {
-                    let msg = "Rate limiting is unavailable; try again shortly.";
-                    self.respond(session, ctx, 503, msg, Value::Null).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if let Some((state, retry_after)) = ctx.decision.denied {
-            if let Some(c) = rt.rate_limited.get(state.rule) {
-                c.inc();
-            }
-            ctx.retry_after = Some(retry_after);
-            let details = json!({ "retry_after": retry_after });
-            self.respond(
-                session,
-                ctx,
-                429,
-                "Too many requests; retry after the time in Retry-After.",
-                details,
-            )
-            .await?;
+        identify(session, ctx);
+        if self.enforce_limits(session, ctx).await? {
             return Ok(true);
         }
-
-        let declared = req
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        match declared {
-            Some(n) if n > rt.max_request_body => {
-                let msg = format!(
-                    "The request body is larger than the {} bytes this gateway accepts.",
-                    rt.max_request_body
-                );
-                // The body is not read: the connection cannot be reused.
-                session.set_keepalive(None);
-                self.respond(session, ctx, 413, &msg, Value::Null).await?;
-                return Ok(true);
-            }
-            Some(_) => {}
-            None => ctx.hold_request_body = !session.is_body_empty(),
-        }
-        Ok(false)
+        self.check_body_size(session, ctx).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
