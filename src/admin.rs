@@ -200,3 +200,22 @@ impl BackgroundService for Admin {
         }
     }
 }
+
+/// `tollgate reload`: POST /reload to a running tollgate's admin listener.
+/// Returns whether it took the file, and its answer.
+pub fn request_reload(admin: SocketAddr) -> std::io::Result<(bool, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(
+        b"POST /reload HTTP/1.1\r\nhost: tollgate\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let ok = answer.starts_with("HTTP/1.1 200");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((ok, body))
+}

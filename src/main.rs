@@ -33,6 +33,10 @@ struct Cli {
 enum Command {
     /// Validate the config file and exit 0 (valid) or 1.
     Check,
+    /// Validate the config file, then ask the running tollgate (at the
+    /// file's admin_listen) to reload it; exit 0 when it took the file, 1
+    /// when the file is bad or the process refused it.
+    Reload,
     /// Run the demo upstream that answers in several error dialects.
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -53,6 +57,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Reload) => {
+            let admin = match Config::load(&cli.config) {
+                Ok(cfg) => cfg.file.server.admin_listen,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match tollgate::admin::request_reload(admin) {
+                Ok((true, body)) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Ok((false, body)) => {
+                    eprintln!("{body}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("cannot reach the admin listener at {admin}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::DemoUpstream { listen }) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

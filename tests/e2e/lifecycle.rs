@@ -83,6 +83,28 @@ fn sighup_keeps_unchanged_buckets_and_refuses_a_broken_file() {
     );
     assert_eq!(reloads(&gw, "error"), 2);
     assert_eq!(c.request("GET", "/hello").status, 200, "still serving");
+
+    // `tollgate reload` checks the file first (exit 1, with the place);
+    // with the file mended, the running process takes it (exit 0).
+    let cli = |args: &[&str]| {
+        std::process::Command::new(crate::harness::BIN)
+            .args(args)
+            .arg("--config")
+            .arg(gw.config_path())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(":1:"),
+        "{out:?}"
+    );
+    gw.write_config("", "", RULES);
+    let out = cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"kept_rules\""));
+    assert_eq!(reloads(&gw, "success"), 2);
 }
 
 #[test]
