@@ -98,3 +98,40 @@ fn ietf_headers_when_asked() {
     assert_eq!(r.header("ratelimit"), Some("\"auth\";r=1;t=30"));
     assert!(r.header("x-ratelimit-limit").is_none());
 }
+
+#[test]
+fn a_flood_of_distinct_clients_never_grows_the_table_past_max_keys() {
+    let up = Upstream::start();
+    let cfg = "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[rate_limit]\nmax_keys = 50\n\n[[rate_limit.rules]]\nname = \"default\"\nlimit = 1000\nperiod = \"1h\"\n";
+    let gw = Gateway::start(up.port, "", cfg);
+    let mut c = gw.connect();
+    for i in 0..300u32 {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        let r = c
+            .send("GET", "/hello", &[("x-forwarded-for", ip.as_str())], b"")
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let text = String::from_utf8(crate::harness::get(gw.admin, "/metrics").unwrap().body).unwrap();
+    let series = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let keys = series("tollgate_rate_limit_keys{rule=\"default\"} ");
+    assert!(
+        keys <= 51.0,
+        "the table holds {keys} keys, cap 50 (+1 overflow bucket)"
+    );
+    assert_eq!(
+        series("tollgate_rate_limit_overflow_total{rule=\"default\"} "),
+        250.0
+    );
+    // The overflow clients share one bucket: it has spent 250 of 1000 (a
+    // token comes back every 3.6 s, longer than this test).
+    let r = c
+        .send("GET", "/hello", &[("x-forwarded-for", "10.9.9.9")], b"")
+        .unwrap();
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("749"));
+}
