@@ -64,7 +64,7 @@ fn metrics_count_traffic_and_pass_promtool() {
 
     // A request is counted as its log phase ends, just after its response:
     // wait for the last one.
-    let last = "tollgate_requests_total{route=\"default\",status=\"429\"} ";
+    let last = "tollgate_requests_total{route=\"default\",status=\"429\"} 1\n";
     let text = scrape_until(&gw, |t| t.contains(last));
     assert_eq!(
         value(
