@@ -60,15 +60,19 @@ for tool in wrk nginx python3; do
   command -v $tool >/dev/null || { echo "$tool is needed (scripts/deps.sh installs it)" >&2; exit 1; }
 done
 
+target_dir=${CARGO_TARGET_DIR:-target}
 if [ "$profile" = release ]; then
   cargo build --release --bin tollgate --example bare_proxy >&2
-  dir=target/release
+  dir=$target_dir/release
 else
   cargo build --bin tollgate --example bare_proxy >&2
-  dir=target/debug
+  dir=$target_dir/debug
 fi
 tollgate_bin=$dir/tollgate
 bare_bin=$dir/examples/bare_proxy
+for bin in "$tollgate_bin" "$bare_bin"; do
+  [ -x "$bin" ] || { echo "not built: $bin" >&2; exit 1; }
+done
 
 ulimit -n 65536 2>/dev/null || ulimit -n 4096
 work=$(mktemp -d)
