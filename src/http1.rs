@@ -5,6 +5,11 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+/// Longest request head accepted; past it the connection is dropped.
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+
 /// A request head, with the body read and dropped (only its length kept).
 pub struct Request {
     pub method: String,
@@ -72,18 +77,35 @@ pub async fn read_request(
                 let n: usize = get("content-length")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                while buf.len() < n {
-                    if read_more(stream, buf).await? == 0 {
-                        return Err(bad("body cut short"));
-                    }
-                }
-                buf.drain(..n);
+                discard(stream, buf, n).await?;
                 req.body_len = n;
             }
             return Ok(Some(req));
         }
+        if buf.len() > MAX_HEAD {
+            return Err(bad("request head too large"));
+        }
         if read_more(stream, buf).await? == 0 {
             return Ok(None);
+        }
+    }
+}
+
+/// Drop the next `n` bytes of the connection, never holding more than one
+/// read's worth: a body is counted, not kept.
+async fn discard(stream: &mut TcpStream, buf: &mut Vec<u8>, mut n: usize) -> std::io::Result<()> {
+    loop {
+        let take = n.min(buf.len());
+        buf.drain(..take);
+        n -= take;
+        if n == 0 {
+            return Ok(());
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "body cut short",
+            ));
         }
     }
 }
@@ -95,30 +117,28 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
     Ok(n)
 }
 
-/// Decode a chunked body, returning its length.
+/// Read through a chunked body (dropping it), returning its length.
 async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk");
-    let mut total = 0;
+    let mut total: usize = 0;
     loop {
         let line_end = loop {
             if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
                 break i;
             }
-            if read_more(stream, buf).await? == 0 {
+            if buf.len() > MAX_CHUNK_LINE || read_more(stream, buf).await? == 0 {
                 return Err(bad());
             }
         };
         let size_text = std::str::from_utf8(&buf[..line_end]).map_err(|_| bad())?;
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| bad())?;
-        let need = line_end + 2 + size + 2;
-        while buf.len() < need {
-            if read_more(stream, buf).await? == 0 {
-                return Err(bad());
-            }
-        }
-        buf.drain(..need);
-        total += size;
+        buf.drain(..line_end + 2);
+        // The chunk, then its CRLF (after the last chunk: the final CRLF,
+        // as no trailers are expected).
+        discard(stream, buf, size).await?;
+        discard(stream, buf, 2).await?;
+        total = total.saturating_add(size);
         if size == 0 {
             return Ok(total);
         }

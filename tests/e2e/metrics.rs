@@ -206,3 +206,65 @@ fn access_log_is_json_without_secrets() {
         "2xx not logged by default"
     );
 }
+
+#[test]
+fn admin_listener_drops_oversized_requests_and_keeps_serving() {
+    use std::io::{Read, Write};
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let pid = gw.proc.child.id();
+    let rss_kb = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let before = rss_kb();
+
+    // A head that never ends: cut off after 64 KiB, not buffered forever.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nx-filler: ");
+    let filler = vec![b'a'; 1 << 20];
+    for _ in 0..32 {
+        if s.write_all(&filler).is_err() {
+            break; // closed by the listener, as it should be
+        }
+    }
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no answer to a 32 MiB head");
+
+    // A 64 MiB body is read through, not kept; the answer still comes.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
+    let n = 64usize << 20;
+    write!(
+        s,
+        "POST /nothing HTTP/1.1\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    for _ in 0..64 {
+        s.write_all(&filler).unwrap();
+    }
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // A chunk size that would overflow is refused.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no answer to a bogus chunk");
+
+    assert_eq!(get(gw.admin, "/healthz").unwrap().status, 200);
+    let grown = rss_kb().saturating_sub(before);
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+}
