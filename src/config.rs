@@ -271,6 +271,9 @@ pub struct RuleConfig {
     pub burst: Option<Spanned<u32>>,
 }
 
+/// Longest time a rule's full burst may take to refill.
+pub const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn root_prefix() -> String {
     "/".into()
 }
@@ -459,6 +462,25 @@ fn validate(file: FileConfig, at: &At) -> Result<Config, ConfigError> {
         }
         if r.period.0.is_zero() {
             return Err(at(None, &key("period"), "must be longer than zero".into()));
+        }
+        // The limiter keeps time in u64 nanoseconds (584 years); a bucket
+        // that takes longer than a century to refill is a typo, not a policy.
+        let burst = r
+            .burst
+            .as_ref()
+            .map_or(*r.limit.get_ref(), |b| *b.get_ref());
+        let refill = (r.period.0 / *r.limit.get_ref()).saturating_mul(burst);
+        if refill > MAX_REFILL {
+            let (field, span) = match &r.burst {
+                Some(b) => ("burst", Some(b.span())),
+                None => ("period", None),
+            };
+            return Err(at(
+                span,
+                &key(field),
+                "a full bucket would take more than 100 years to refill (period / limit × burst)"
+                    .into(),
+            ));
         }
     }
     let mut route_names = HashSet::new();
@@ -735,6 +757,23 @@ mod tests {
             ("rate_limit.rules[1].name", 8),
             "{e}"
         );
+    }
+
+    #[test]
+    fn buckets_that_never_refill_are_refused() {
+        let rule = |extra: &str| {
+            format!("[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\n{extra}")
+        };
+        let e = parse(&rule("period = \"2000000h\"\n")).unwrap_err();
+        assert_eq!(e.key, "rate_limit.rules[0].period", "{e}");
+        let e = parse(&rule("period = \"8760h\"\nburst = 4000000000\n")).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("rate_limit.rules[0].burst", 7),
+            "{e}"
+        );
+        assert!(e.to_string().contains("100 years"), "{e}");
+        parse(&rule("period = \"8760h\"\nburst = 99\n")).expect("99 years is allowed");
     }
 
     #[test]

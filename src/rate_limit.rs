@@ -51,7 +51,14 @@ impl RuleSpec {
     fn quota(&self) -> Quota {
         let limit = NonZeroU32::new(self.limit.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(self.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let interval = (self.period / limit.get()).max(Duration::from_nanos(1));
+        // governor counts in u64 nanoseconds and panics past 584 years:
+        // clamp so a full burst refills within MAX_REFILL (config refuses
+        // longer ones; this guards other callers).
+        let longest = crate::config::MAX_REFILL / burst.get();
+        let interval = (self.period / limit.get()).clamp(
+            Duration::from_nanos(1),
+            longest.max(Duration::from_nanos(1)),
+        );
         Quota::with_period(interval)
             .unwrap_or_else(|| Quota::per_second(limit))
             .allow_burst(burst)
@@ -208,7 +215,7 @@ pub struct RateLimiter<C: Clock = DefaultClock> {
 fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs();
     if d.subsec_nanos() > 0 {
-        s + 1
+        s.saturating_add(1)
     } else {
         s
     }
@@ -314,7 +321,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
             rule: i,
             limit: rule.spec.limit,
             remaining,
-            reset_secs: ceil_secs(rule.interval * used),
+            reset_secs: ceil_secs(rule.interval.saturating_mul(used)),
         }
     }
 
@@ -325,7 +332,11 @@ impl<C: Clock + Clone> RateLimiter<C> {
         nu: &NotUntil<C::Instant>,
     ) -> (RuleState, u64) {
         let wait = nu.wait_time_from(self.clock.now());
-        let full = wait + rule.interval * rule.spec.burst.saturating_sub(1);
+        // Saturating: a period of centuries is valid config and must not panic.
+        let full = wait.saturating_add(
+            rule.interval
+                .saturating_mul(rule.spec.burst.saturating_sub(1)),
+        );
         let state = RuleState {
             rule: i,
             limit: rule.spec.limit,
@@ -381,6 +392,30 @@ mod tests {
     }
 
     const A: ClientKey = ClientKey::V4([192, 0, 2, 1]);
+
+    #[test]
+    fn huge_periods_saturate_instead_of_panicking() {
+        for period in [Duration::from_secs(u64::MAX / 4), Duration::MAX] {
+            let spec = RuleSpec {
+                period,
+                ..rule("r", "/", &[], 1, 1000, u32::MAX)
+            };
+            let lim = RateLimiter::new(vec![spec], 10);
+            for _ in 0..3 {
+                let d = lim.check("GET", "/", &A);
+                let t = d.tightest.expect("the rule matched");
+                assert!(t.reset_secs > 0);
+            }
+            let one = RuleSpec {
+                period,
+                ..rule("r", "/", &[], 1, 1000, 1)
+            };
+            let lim = RateLimiter::new(vec![one], 10);
+            assert!(lim.check("GET", "/", &A).denied.is_none());
+            let (state, retry) = lim.check("GET", "/", &A).denied.expect("second is denied");
+            assert!(retry > 1_000_000 && state.reset_secs >= retry);
+        }
+    }
     const B: ClientKey = ClientKey::V4([192, 0, 2, 2]);
 
     #[test]
