@@ -359,10 +359,9 @@ fn from_json(
     let env = &mut out.envelope;
 
     // Already canonical: {"error": {...}}.
-    if let Some(Value::Object(_)) = obj.get("error") {
-        let Some(Value::Object(mut inner)) = obj.remove("error") else {
-            unreachable!("checked just above")
-        };
+    if let Some(Value::Object(inner)) = obj.get_mut("error") {
+        let mut inner = std::mem::take(inner);
+        obj.remove("error");
         out.source = Source::Canonical;
         if let Some(t) = non_empty_str(inner.get("type")) {
             env.kind = t;
