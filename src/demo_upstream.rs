@@ -10,6 +10,7 @@
 //! | `/errors/{dialect}?status=N` | that dialect (see [`DIALECTS`]) with status N |
 //! | `/slow?ms=N` | 200 after N ms |
 //! | `/bytes?n=N[&chunked=1]` | 200 with N deterministic bytes |
+//! | `/drip?n=N&ms=M` | 200 `text/event-stream`, chunked: the header, then N events M ms apart |
 //! | `/echo` | 200 JSON: method, path, the request headers, body length |
 //! | `/reset?status=N` | status N, `Content-Length: 100`, 10 bytes, then close |
 //! | `/garbage` | bytes that are not HTTP |
@@ -114,6 +115,25 @@ async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool>
             } else {
                 full(200, "application/octet-stream", &[], &body)
             }
+        }
+        "/drip" => {
+            let (n, ms) = (req.param_u64("n", 3), req.param_u64("ms", 100));
+            let mut out = head(
+                200,
+                &[
+                    ("content-type", "text/event-stream".into()),
+                    ("transfer-encoding", "chunked".into()),
+                ],
+            );
+            stream.write_all(&out).await?;
+            for i in 0..n {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let event = format!("data: {i}\n\n");
+                out = format!("{:X}\r\n{event}\r\n", event.len()).into_bytes();
+                stream.write_all(&out).await?;
+            }
+            stream.write_all(b"0\r\n\r\n").await?;
+            return Ok(true);
         }
         "/echo" => {
             let headers: serde_json::Map<String, serde_json::Value> = req

@@ -26,6 +26,51 @@ fn success_bodies_pass_byte_for_byte() {
     }
 }
 
+/// A streamed 2xx reaches the client as it is produced: the header and each
+/// event arrive while the upstream is still writing the rest.
+#[test]
+fn streamed_bodies_are_not_held_back() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::{Duration, Instant};
+
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET /drip?n=4&ms=400 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let header_at = start.elapsed();
+    let mut first_event_at = None;
+    let mut events = 0;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.starts_with("data: ") {
+            events += 1;
+            first_event_at.get_or_insert(start.elapsed());
+        }
+    }
+    let total = start.elapsed();
+    let first = first_event_at.expect("events arrived");
+    assert_eq!(events, 4);
+    assert!(total >= Duration::from_millis(1600), "{total:?}");
+    assert!(
+        header_at < Duration::from_millis(350),
+        "header held back: {header_at:?}"
+    );
+    assert!(
+        first < Duration::from_millis(750),
+        "first event held back: {first:?}"
+    );
+}
+
 #[test]
 fn request_ids_are_reused_when_sane_and_replaced_otherwise() {
     let up = Upstream::start();
