@@ -25,7 +25,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::StateStore;
+use governor::state::{NotKeyed, StateStore};
 use governor::{NotUntil, Quota};
 
 use crate::client_ip::ClientKey;
@@ -70,11 +70,16 @@ impl RuleSpec {
     }
 }
 
+/// Keyed per process with a random seed, so an attacker who picks client
+/// addresses cannot aim them at one hash chain; several times faster than
+/// the default SipHash on 4- and 16-byte keys.
+type KeyHasher = foldhash::quality::RandomState;
+
 /// A DashMap store that never holds more than `cap` clients: a client that
 /// is not in a full table is measured against the shared overflow key.
 #[derive(Debug)]
 pub struct BoundedStore {
-    map: DashMapStateStore<ClientKey>,
+    map: DashMapStateStore<ClientKey, KeyHasher>,
     cap: usize,
     /// Shared with [`Rule`]: governor does not hand its store back out.
     overflow: Arc<AtomicU64>,
@@ -83,7 +88,7 @@ pub struct BoundedStore {
 impl BoundedStore {
     fn new(cap: usize, overflow: Arc<AtomicU64>) -> Self {
         BoundedStore {
-            map: DashMapStateStore::default(),
+            map: DashMapStateStore::with_hasher(KeyHasher::default()),
             cap: cap.max(1),
             overflow,
         }
@@ -97,8 +102,12 @@ impl StateStore for BoundedStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        // `len` only runs for clients not yet in the table.
-        if self.map.contains_key(key) || self.map.len() < self.cap {
+        // One lookup for a known client; `len` (which visits every shard)
+        // only runs for clients not yet in the table.
+        if let Some(state) = self.map.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        if self.map.len() < self.cap {
             return self.map.measure_and_replace(key, f);
         }
         self.overflow.fetch_add(1, Ordering::Relaxed);
