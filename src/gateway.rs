@@ -2,6 +2,7 @@
 //! the pure modules. Data flows one way: client IP → limiter → upstream →
 //! normalizer → metrics and log.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -332,14 +333,14 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         upstream.insert_header("x-request-id", &ctx.request_id)?;
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
-            let mut chain = String::new();
+            let mut chain = String::with_capacity(64);
             for v in upstream.headers.get_all("x-forwarded-for") {
                 if let Ok(s) = v.to_str() {
                     chain.push_str(s.trim());
                     chain.push_str(", ");
                 }
             }
-            chain.push_str(&peer.ip().to_string());
+            let _ = write!(chain, "{}", peer.ip());
             upstream.insert_header("x-forwarded-for", chain)?;
         }
         Ok(())
@@ -402,10 +403,10 @@ impl ProxyHttp for Gateway {
         if status < 200 {
             return Ok(());
         }
+        let limit_headers =
+            rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules);
         resp.insert_header("x-request-id", &ctx.request_id)?;
-        for (name, value) in
-            rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules)
-        {
+        for (name, value) in limit_headers {
             resp.insert_header(name, value)?;
         }
         if status < 400 {

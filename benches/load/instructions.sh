@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Instructions per request, tollgate against the bare Pingora proxy, counted
+# by valgrind's callgrind: deterministic where the wrk harness is noisy, and
+# it says where tollgate's extra cost goes. User space only (no kernel).
+#
+# Usage: benches/load/instructions.sh [REQUESTS] [PATH]   (default 4000 /ok)
+# Needs valgrind (callgrind_annotate), nginx and python3; builds release.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+requests=${1:-4000}
+path=${2:-/ok}
+for tool in valgrind callgrind_annotate callgrind_control nginx python3; do
+  command -v $tool >/dev/null || { echo "$tool is needed" >&2; exit 1; }
+done
+cargo build --release --bin tollgate --example bare_proxy >&2
+dir=${CARGO_TARGET_DIR:-target}/release
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 600); do
+    (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+
+# Keep-alive client: REQUESTS requests over 4 connections, waits for each answer.
+cat > "$work/client.py" <<'PY'
+import socket, sys
+port, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+def answer(s, buf):
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    h = head.decode("latin-1").lower()
+    if "content-length:" in h:
+        n = int(h.split("content-length:")[1].split("\r\n")[0])
+        while len(rest) < n:
+            rest += s.recv(65536)
+        return rest[n:]
+    while not rest.endswith(b"0\r\n\r\n"):
+        rest += s.recv(65536)
+    return b""
+bufs = [b""] * len(conns)
+for _ in range(n // len(conns)):
+    for s in conns:
+        s.sendall(req)
+    for i, s in enumerate(conns):
+        bufs[i] = answer(s, bufs[i])
+PY
+
+up_port=$(free_port)
+sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$up_port#g" benches/load/nginx-upstream.conf > "$work/upstream.conf"
+nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
+pids+=($!)
+wait_port "$up_port"
+
+# count NAME PORT -- CMD...: run CMD under callgrind, warm up, zero, send, dump.
+count() {
+  local name=$1 port=$2; shift 3
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name" "$@" 2>/dev/null &
+  local pid=$!
+  pids+=("$pid")
+  wait_port "$port"
+  python3 "$work/client.py" "$port" 400 "$path"
+  callgrind_control -z "$pid" >/dev/null
+  python3 "$work/client.py" "$port" "$requests" "$path"
+  callgrind_control -d "$pid" >/dev/null
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local total
+  total=$(grep -h '^summary:' "$work"/cg."$name".* | tail -n 1 | awk '{print $2}')
+  echo "$name $total" >> "$work/totals"
+}
+
+bare_port=$(free_port)
+count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1
+tg_port=$(free_port)
+sed -e "s#__PORT__#$tg_port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
+  -e "s#__LIMIT__#1000000000#g" -e "s#__THREADS__#1#g" benches/load/tollgate.toml > "$work/tollgate.toml"
+TOLLGATE_LOG=error count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
+
+python3 - "$work/totals" "$requests" <<'PY'
+import sys
+totals = dict(l.split() for l in open(sys.argv[1]))
+n = int(sys.argv[2])
+bare, tg = int(totals["bare"]) / n, int(totals["tollgate"]) / n
+print(f"instructions per request: bare Pingora {bare:,.0f}, tollgate {tg:,.0f}, ratio {tg / bare:.2f}")
+PY
+echo "tollgate's own hooks (inclusive instructions over $requests requests):"
+callgrind_annotate --inclusive=yes "$(ls "$work"/cg.tollgate.* | grep -v 'cg.tollgate$' | tail -n 1)" 2>/dev/null \
+  | grep -E "gateway.rs:<tollgate::gateway::Gateway as .*ProxyHttp>::[a-z_]+::\{\{closure\}\}" \
+  | sed -E 's#^( *[0-9,]+) .*ProxyHttp>::([a-z_]+)::.*#\1  \2#' | sort -u -k2,2 | sort -rn
