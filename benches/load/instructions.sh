@@ -15,21 +15,7 @@ done
 cargo build --release --bin tollgate --example bare_proxy >&2
 dir=${CARGO_TARGET_DIR:-target}/release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 600); do
-    (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
+. benches/load/common.sh
 
 # Keep-alive client: REQUESTS requests over 4 connections, waits for each answer.
 cat > "$work/client.py" <<'PY'
@@ -70,7 +56,7 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name" "$@" 2>/dev/null &
   local pid=$!
   pids+=("$pid")
-  wait_port "$port"
+  wait_port "$port" 600
   python3 "$work/client.py" "$port" 400 "$path"
   callgrind_control -z "$pid" >/dev/null
   python3 "$work/client.py" "$port" "$requests" "$path"

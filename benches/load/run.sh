@@ -75,23 +75,8 @@ for bin in "$tollgate_bin" "$bare_bin"; do
 done
 
 ulimit -n 65536 2>/dev/null || ulimit -n 4096
-work=$(mktemp -d)
+. benches/load/common.sh
 results=${out:-$work/results.tsv}
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
 if [ "$(nproc)" -ge 2 ] && [ "$no_pin" = 0 ]; then
   pin_proxy="taskset -c 1"; pin_load="taskset -c 0"
 else
