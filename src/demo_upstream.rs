@@ -10,6 +10,7 @@
 //! | `/errors/{dialect}?status=N` | that dialect (see [`DIALECTS`]) with status N |
 //! | `/slow?ms=N` | 200 after N ms |
 //! | `/bytes?n=N[&chunked=1]` | 200 with N deterministic bytes |
+//! | `/custom-head` | 200 with the reason phrase `Fine Thanks` and an `X-Upstream-Note` header |
 //! | `/drip?n=N&ms=M` | 200 `text/event-stream`, chunked: the header, then N events M ms apart |
 //! | `/echo` | 200 JSON: method, path, the request headers, body length |
 //! | `/reset?status=N` | status N, `Content-Length: 100`, 10 bytes, then close |
@@ -115,6 +116,16 @@ async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool>
             } else {
                 full(200, "application/octet-stream", &[], &body)
             }
+        }
+        "/custom-head" => {
+            let body = br#"{"ok":true}"#;
+            let mut out = format!(
+                "HTTP/1.1 200 Fine Thanks\r\nContent-Type: application/json\r\nX-Upstream-Note: kept\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(body);
+            out
         }
         "/drip" => {
             let (n, ms) = (req.param_u64("n", 3), req.param_u64("ms", 100));

@@ -26,6 +26,35 @@ fn success_bodies_pass_byte_for_byte() {
     }
 }
 
+/// The upstream's status line, headers and body come through, next to
+/// tollgate's own headers (header names may change case, not content).
+#[test]
+fn upstream_reason_phrase_and_headers_are_kept() {
+    use std::io::{Read, Write};
+
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET /custom-head HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole response");
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("HTTP/1.1 200 Fine Thanks"), "{raw}");
+    let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
+    for expected in ["x-upstream-note: kept", "content-type: application/json"] {
+        assert!(headers.iter().any(|h| h == expected), "{expected}: {raw}");
+    }
+    assert!(
+        headers.iter().any(|h| h.starts_with("x-request-id: ")),
+        "{raw}"
+    );
+    assert_eq!(body, r#"{"ok":true}"#);
+}
+
 /// A streamed 2xx reaches the client as it is produced: the header and each
 /// event arrive while the upstream is still writing the rest.
 #[test]
