@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 use serde_json::{json, Value};
 
 use crate::access_log::{self, AccessRecord};
@@ -89,16 +89,27 @@ pub struct Ctx {
 /// standard ones title-cased) and tollgate's names go in pre-parsed, after
 /// one reservation.
 fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-    let limit_headers =
-        rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules);
     let reason = (resp.get_reason_phrase() != resp.status.canonical_reason())
         .then(|| resp.get_reason_phrase().map(str::to_owned))
         .flatten();
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
-    parts.headers.reserve(1 + limit_headers.len());
+    insert_own_headers(&mut parts.headers, ctx, 0)?;
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        resp.set_reason_phrase(reason.as_deref())?;
+    }
+    Ok(())
+}
+
+/// `X-Request-Id` and the rate-limit headers, with pre-parsed names and one
+/// reservation (room for `more` headers besides).
+fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) -> Result<()> {
+    let limit_headers =
+        rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules);
+    headers.reserve(1 + limit_headers.len() + more);
     let bad = |_| Error::explain(ErrorType::InternalError, "invalid response header value");
-    parts.headers.insert(
+    headers.insert(
         HeaderName::from_static("x-request-id"),
         HeaderValue::from_str(&ctx.request_id).map_err(bad)?,
     );
@@ -106,11 +117,7 @@ fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
         let value = HeaderValue::try_from(value).map_err(|_| {
             Error::explain(ErrorType::InternalError, "invalid rate-limit header value")
         })?;
-        parts.headers.insert(HeaderName::from_static(name), value);
-    }
-    *resp = ResponseHeader::from(parts);
-    if reason.is_some() {
-        resp.set_reason_phrase(reason.as_deref())?;
+        headers.insert(HeaderName::from_static(name), value);
     }
     Ok(())
 }
@@ -134,15 +141,19 @@ impl Gateway {
             .errors
             .gateway_error(status, message, &ctx.request_id, details);
         let body = Bytes::from(envelope.to_json());
-        let mut h = ResponseHeader::build(status, Some(8))?;
-        h.insert_header(CONTENT_TYPE, "application/json")?;
-        h.insert_header(CONTENT_LENGTH, body.len())?;
-        h.insert_header("x-request-id", &ctx.request_id)?;
-        for (name, value) in
-            rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules)
-        {
-            h.insert_header(name, value)?;
-        }
+        // Built as plain `http` parts: no case map, names pre-parsed (see
+        // `add_response_headers`). Pingora adds Date and Connection.
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = http::StatusCode::from_u16(status)
+            .or_err(ErrorType::InternalError, "gateway status")?;
+        insert_own_headers(&mut parts.headers, ctx, 4)?;
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let h = ResponseHeader::from(parts);
         ctx.sent = Some(SentError {
             envelope,
             source: None,
