@@ -108,6 +108,22 @@ mod tests {
         assert!(!h.iter().any(|(n, _)| n.starts_with("x-")));
     }
 
+    /// The gateway inserts these with `HeaderName::from_static`, which
+    /// panics on a name that is not lower-case and valid.
+    #[test]
+    fn every_name_and_value_is_a_valid_header() {
+        for style in [
+            HeaderStyle::XRatelimit,
+            HeaderStyle::Ietf,
+            HeaderStyle::Both,
+        ] {
+            for (name, value) in render(style, &denied(), &rules()) {
+                assert_eq!(http::HeaderName::from_static(name).as_str(), name);
+                assert!(http::HeaderValue::try_from(value).is_ok(), "{name}");
+            }
+        }
+    }
+
     #[test]
     fn none_style_keeps_retry_after_only() {
         let h = render(HeaderStyle::None, &denied(), &rules());
