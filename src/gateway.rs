@@ -89,9 +89,11 @@ pub struct Ctx {
 /// standard ones title-cased) and tollgate's names go in pre-parsed, after
 /// one reservation.
 fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-    let reason = (resp.get_reason_phrase() != resp.status.canonical_reason())
-        .then(|| resp.get_reason_phrase().map(str::to_owned))
-        .flatten();
+    // Only an upstream's own wording needs keeping (and allocating).
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
     insert_own_headers(&mut parts.headers, ctx, 0)?;
