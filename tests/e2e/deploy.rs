@@ -139,8 +139,8 @@ fn rule_exprs() -> Vec<String> {
 /// The families a running tollgate exports (after a little traffic, so
 /// every histogram has series).
 fn exported_families(gw: &Gateway) -> BTreeSet<String> {
-    let text = String::from_utf8(get(gw.admin, "/metrics").unwrap().body).unwrap();
-    text.lines()
+    gw.scrape()
+        .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)

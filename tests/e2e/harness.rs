@@ -210,6 +210,16 @@ impl Gateway {
             .unwrap_or_default()
     }
 
+    /// The admin listener's `/metrics` text.
+    pub fn scrape(&self) -> String {
+        let r = get(self.admin, "/metrics").expect("scrape");
+        assert_eq!(r.status, 200);
+        assert!(r
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")));
+        String::from_utf8(r.body).expect("utf-8")
+    }
+
     pub fn connect(&self) -> Conn {
         Conn::open(self.port)
     }
@@ -397,6 +407,20 @@ pub fn envelope(r: &Response) -> serde_json::Map<String, serde_json::Value> {
         "details: {v}"
     );
     e
+}
+
+/// The value of one series (`name{labels}`, exactly as exposed) in a
+/// Prometheus text scrape.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series}"))
+        .trim()
+        .parse()
+        .expect("a number")
 }
 
 /// A checker (promtool, systemd-analyze) exited 0 and said nothing.

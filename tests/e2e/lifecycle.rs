@@ -4,17 +4,13 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{envelope, get, Conn, Gateway, Upstream};
+use crate::harness::{envelope, get, metric, Conn, Gateway, Upstream};
 
 const RULES: &str = "[[rate_limit.rules]]\nname = \"keep\"\npath_prefix = \"/a\"\nlimit = 2\nperiod = \"1m\"\n\n[[rate_limit.rules]]\nname = \"change\"\npath_prefix = \"/b\"\nlimit = 2\nperiod = \"1m\"\n";
 
 fn reloads(gw: &Gateway, result: &str) -> u64 {
-    let text = String::from_utf8(get(gw.admin, "/metrics").unwrap().body).unwrap();
-    let series = format!("tollgate_config_reloads_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("reload series")
+    let series = format!("tollgate_config_reloads_total{{result=\"{result}\"}}");
+    metric(&gw.scrape(), &series) as u64
 }
 
 fn wait_for_reloads(gw: &Gateway, result: &str, n: u64) {

@@ -3,36 +3,17 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::harness::{get, Gateway, Upstream};
-
-fn scrape(gw: &Gateway) -> String {
-    let r = get(gw.admin, "/metrics").expect("scrape");
-    assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
-    String::from_utf8(r.body).expect("utf-8")
-}
+use crate::harness::{get, metric as value, Gateway, Upstream};
 
 fn scrape_until(gw: &Gateway, ready: impl Fn(&str) -> bool) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let text = scrape(gw);
+        let text = gw.scrape();
         if ready(&text) || std::time::Instant::now() > deadline {
             return text;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no series {series}"))
-        .trim()
-        .parse()
-        .expect("a number")
 }
 
 #[test]
@@ -43,7 +24,7 @@ fn metrics_count_traffic_and_pass_promtool() {
     assert_eq!(get(gw.admin, "/healthz").unwrap().status, 200);
     assert_eq!(get(gw.admin, "/readyz").unwrap().status, 200);
 
-    let before = scrape(&gw);
+    let before = gw.scrape();
     assert_eq!(
         value(&before, "tollgate_rate_limited_total{rule=\"default\"}"),
         0.0
@@ -148,7 +129,7 @@ fn upstream_failures_are_counted_by_kind() {
     let dead = crate::harness::free_port();
     let gw = Gateway::start(dead, "connect_timeout = \"300ms\"", "");
     assert_eq!(gw.connect().request("GET", "/x").status, 502);
-    let text = scrape(&gw);
+    let text = gw.scrape();
     assert_eq!(
         value(&text, "tollgate_upstream_failures_total{kind=\"connect\"}"),
         1.0

@@ -112,20 +112,15 @@ fn a_flood_of_distinct_clients_never_grows_the_table_past_max_keys() {
             .unwrap();
         assert_eq!(r.status, 200);
     }
-    let text = String::from_utf8(crate::harness::get(gw.admin, "/metrics").unwrap().body).unwrap();
-    let series = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name}"))
-    };
-    let keys = series("tollgate_rate_limit_keys{rule=\"default\"} ");
+    let text = gw.scrape();
+    let series = |name: &str| crate::harness::metric(&text, name);
+    let keys = series("tollgate_rate_limit_keys{rule=\"default\"}");
     assert!(
         keys <= 51.0,
         "the table holds {keys} keys, cap 50 (+1 overflow bucket)"
     );
     assert_eq!(
-        series("tollgate_rate_limit_overflow_total{rule=\"default\"} "),
+        series("tollgate_rate_limit_overflow_total{rule=\"default\"}"),
         250.0
     );
     // The overflow clients share one bucket: it has spent 250 of 1000 (a

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    envelope, free_port, get, signal, wait_for_port, Conn, Gateway, Proc, Upstream,
+    envelope, free_port, get, metric, signal, wait_for_port, Conn, Gateway, Proc, Upstream,
 };
 
 struct Redis {
@@ -56,13 +56,10 @@ fn config(redis: &Redis, policy: &str, limit: u32) -> String {
 const CLIENT: [(&str, &str); 1] = [("x-forwarded-for", "198.51.100.5")];
 
 fn backend_errors(gw: &Gateway) -> f64 {
-    let text = String::from_utf8(get(gw.admin, "/metrics").unwrap().body).unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("tollgate_rate_limit_backend_errors_total{backend=\"redis\"} ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .expect("backend error series")
+    metric(
+        &gw.scrape(),
+        "tollgate_rate_limit_backend_errors_total{backend=\"redis\"}",
+    )
 }
 
 #[test]
