@@ -96,8 +96,10 @@ fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
         .map(str::to_owned);
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
-    insert_own_headers(&mut parts.headers, ctx, 0)?;
+    let inserted = insert_own_headers(&mut parts.headers, ctx, 0);
+    // Put the upstream's response back even if an insert failed.
     *resp = ResponseHeader::from(parts);
+    inserted?;
     if reason.is_some() {
         resp.set_reason_phrase(reason.as_deref())?;
     }
