@@ -401,6 +401,7 @@ mod tests {
     }
 
     const A: ClientKey = ClientKey::V4([192, 0, 2, 1]);
+    const B: ClientKey = ClientKey::V4([192, 0, 2, 2]);
 
     #[test]
     fn huge_periods_saturate_instead_of_panicking() {
@@ -425,7 +426,6 @@ mod tests {
             assert!(retry > 1_000_000 && state.reset_secs >= retry);
         }
     }
-    const B: ClientKey = ClientKey::V4([192, 0, 2, 2]);
 
     #[test]
     fn burst_then_denied_with_headers() {
