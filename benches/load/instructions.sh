@@ -3,12 +3,16 @@
 # by valgrind's callgrind: deterministic where the wrk harness is noisy, and
 # it says where tollgate's extra cost goes. User space only (no kernel).
 #
-# Usage: benches/load/instructions.sh [REQUESTS] [PATH]   (default 4000 /ok)
+# Usage: benches/load/instructions.sh [REQUESTS] [PATH] [LIMIT]
+#   defaults 4000 /ok 1000000000; LIMIT is tollgate's per-IP rule: with 1,
+#   every counted request is a 429 answered by tollgate itself (the bare
+#   proxy still proxies, so only tollgate's figure means anything then).
 # Needs valgrind (callgrind_annotate), nginx and python3; builds release.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 requests=${1:-4000}
 path=${2:-/ok}
+limit=${3:-1000000000}
 for tool in valgrind callgrind_annotate callgrind_control nginx python3; do
   command -v $tool >/dev/null || { echo "$tool is needed" >&2; exit 1; }
 done
@@ -72,7 +76,7 @@ bare_port=$(free_port)
 count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1
 tg_port=$(free_port)
 sed -e "s#__PORT__#$tg_port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
-  -e "s#__LIMIT__#1000000000#g" -e "s#__THREADS__#1#g" benches/load/tollgate.toml > "$work/tollgate.toml"
+  -e "s#__LIMIT__#$limit#g" -e "s#__THREADS__#1#g" benches/load/tollgate.toml > "$work/tollgate.toml"
 TOLLGATE_LOG=error count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
 
 python3 - "$work/totals" "$requests" <<'PY'
