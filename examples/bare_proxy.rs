@@ -10,7 +10,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 
 /// The same allocator as tollgate's binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tollgate::allocator::Allocator = tollgate::allocator::Allocator;
 
 struct Bare {
     upstream: String,

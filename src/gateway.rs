@@ -381,17 +381,26 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream.insert_header("x-request-id", &ctx.request_id)?;
+        // Pre-parsed names and one reservation: through `insert_header` each
+        // name is parsed and allocated, and both of Pingora's maps grow.
+        static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        upstream.reserve_headers(2)?;
+        let request_id = HeaderValue::from_str(&ctx.request_id)
+            .or_err(ErrorType::InternalError, "invalid request id")?;
+        upstream.insert_parsed_header(&X_REQUEST_ID, "x-request-id", request_id)?;
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             let mut chain = String::with_capacity(64);
-            for v in upstream.headers.get_all("x-forwarded-for") {
+            for v in upstream.headers.get_all(&X_FORWARDED_FOR) {
                 if let Ok(s) = v.to_str() {
                     chain.push_str(s.trim());
                     chain.push_str(", ");
                 }
             }
             let _ = write!(chain, "{}", peer.ip());
-            upstream.insert_header("x-forwarded-for", chain)?;
+            let chain = HeaderValue::try_from(chain)
+                .or_err(ErrorType::InternalError, "invalid X-Forwarded-For")?;
+            upstream.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", chain)?;
         }
         Ok(())
     }

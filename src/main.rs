@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: measured faster than the system allocator for Pingora's
-/// per-request allocations (docs/performance.md).
+/// mimalloc, through tollgate's shim (src/allocator.rs): measured faster
+/// than the system allocator for Pingora's per-request allocations
+/// (docs/performance.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tollgate::allocator::Allocator = tollgate::allocator::Allocator;
 
 use tollgate::config::Config;
 

@@ -7,7 +7,9 @@
 #   defaults 4000 /ok 1000000000; LIMIT is tollgate's per-IP rule: with 1,
 #   every counted request is a 429 answered by tollgate itself (the bare
 #   proxy still proxies, so only tollgate's figure means anything then).
-# Needs valgrind (callgrind_annotate), nginx and python3; builds release.
+# Set BARE_TIMEOUTS=1 to give the bare proxy tollgate's upstream timeouts.
+# Set KEEP_CALLGRIND=DIR to keep the callgrind files there for
+# callgrind_annotate. Needs valgrind (callgrind_annotate), nginx and python3; builds release.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 requests=${1:-4000}
@@ -73,12 +75,15 @@ count() {
 }
 
 bare_port=$(free_port)
-count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1
+count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts}
 tg_port=$(free_port)
 sed -e "s#__PORT__#$tg_port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
   -e "s#__LIMIT__#$limit#g" -e "s#__THREADS__#1#g" benches/load/tollgate.toml > "$work/tollgate.toml"
 TOLLGATE_LOG=error count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
 
+if [ -n "${KEEP_CALLGRIND:-}" ]; then
+  mkdir -p "$KEEP_CALLGRIND" && cp "$work"/cg.* "$KEEP_CALLGRIND"/
+fi
 python3 - "$work/totals" "$requests" <<'PY'
 import sys
 totals = dict(l.split() for l in open(sys.argv[1]))

@@ -231,6 +231,42 @@ impl RequestHeader {
         )
     }
 
+    // tollgate patch (vendor/PATCHES.md, 3): inserts without parsing or growing per header.
+    /// Make room for `additional` more headers, in the values and in the case map, so
+    /// that the inserts which follow do not grow the maps one at a time.
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map
+                .try_reserve(additional)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        self.base
+            .headers
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")
+    }
+
+    /// [Self::insert_header] for a name the caller parsed once (`HeaderName::from_static`),
+    /// sent as `wire_name` where the original case is kept. Nothing is parsed or allocated
+    /// for the name.
+    pub fn insert_parsed_header(
+        &mut self,
+        name: &HeaderName,
+        wire_name: &'static str,
+        value: HeaderValue,
+    ) -> Result<()> {
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map
+                .try_insert(name.clone(), wire_name.into_case_header_name())
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        self.base
+            .headers
+            .try_insert(name.clone(), value)
+            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
+        Ok(())
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where

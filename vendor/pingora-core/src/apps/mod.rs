@@ -229,6 +229,25 @@ pub trait HttpServerApp {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream>;
 
+    // tollgate patch (vendor/PATCHES.md, 2): the per-request future, unboxed.
+    /// [`Self::process_new_http`] as a future the caller keeps in its own state.
+    ///
+    /// The HTTP/1 keep-alive loop awaits this once per request. The `async_trait` form
+    /// allocates a box per request and moves the whole state machine into it (a
+    /// memcpy of ~15 KB for the proxy); this form is built in place inside the
+    /// connection's future, which is boxed once per connection. The default
+    /// falls back to the boxed form.
+    fn process_new_http_unboxed<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
+    where
+        Self: Sync + 'a,
+    {
+        self.process_new_http(session, shutdown)
+    }
+
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
     ///
@@ -357,14 +376,15 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
 
-            let mut result = self.process_new_http(session, shutdown).await;
+            // tollgate patch: unboxed per-request future (see the trait method).
+            let mut result = self.process_new_http_unboxed(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
 
-                result = self.process_new_http(session, shutdown).await;
+                result = self.process_new_http_unboxed(session, shutdown).await;
             }
         }
         None
