@@ -31,6 +31,10 @@ use crate::runtime::Runtime;
 /// How long an idle pooled upstream connection is kept.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Header names tollgate adds, parsed at compile time.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 pub struct Gateway {
     live: Arc<Live>,
 }
@@ -112,16 +116,11 @@ fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) -> 
     let limit_headers =
         rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules);
     headers.reserve(1 + limit_headers.len() + more);
-    let bad = |_| Error::explain(ErrorType::InternalError, "invalid response header value");
-    headers.insert(
-        HeaderName::from_static("x-request-id"),
-        HeaderValue::from_str(&ctx.request_id).map_err(bad)?,
-    );
+    let request_id = HeaderValue::from_str(&ctx.request_id)
+        .or_err(ErrorType::InternalError, "invalid request id")?;
+    headers.insert(X_REQUEST_ID.clone(), request_id);
     for (name, value) in limit_headers {
-        let value = HeaderValue::try_from(value).map_err(|_| {
-            Error::explain(ErrorType::InternalError, "invalid rate-limit header value")
-        })?;
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
     Ok(())
 }
@@ -246,7 +245,7 @@ fn identify(session: &Session, ctx: &mut Ctx) {
     let req = session.req_header();
     ctx.head = req.method == Method::HEAD;
     ctx.request_id =
-        request_id::reuse_or_generate(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        request_id::reuse_or_generate(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -383,8 +382,6 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Pre-parsed names and one reservation: through `insert_header` each
         // name is parsed and allocated, and both of Pingora's maps grow.
-        static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-        static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
         upstream.reserve_headers(2)?;
         let request_id = HeaderValue::from_str(&ctx.request_id)
             .or_err(ErrorType::InternalError, "invalid request id")?;
