@@ -155,7 +155,7 @@ impl Gateway {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         parts
             .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            .insert(CONTENT_LENGTH, rate_limit_headers::int_value(body.len()));
         let h = ResponseHeader::from(parts);
         ctx.sent = Some(SentError {
             envelope,

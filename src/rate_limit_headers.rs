@@ -3,8 +3,8 @@
 //! get `Retry-After`, whatever the style.
 //!
 //! They come out as ready `http` names and values: the names are parsed at
-//! compile time and integers are written straight into their value, so a
-//! response pays one small allocation per header and no parsing.
+//! compile time and integers are formatted on the stack and copied once
+//! into their value, so a response pays one small allocation per header.
 
 use std::fmt::Write;
 
@@ -30,48 +30,59 @@ pub fn render(
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(MAX_HEADERS);
     if let Some((_, retry_after)) = decision.denied {
-        out.push((RETRY_AFTER, HeaderValue::from(retry_after)));
+        out.push((RETRY_AFTER, int_value(retry_after)));
     }
     let Some(t) = decision.tightest else {
         return out;
     };
     if matches!(style, HeaderStyle::XRatelimit | HeaderStyle::Both) {
-        out.push((X_RATELIMIT_LIMIT.clone(), HeaderValue::from(t.limit)));
-        out.push((
-            X_RATELIMIT_REMAINING.clone(),
-            HeaderValue::from(t.remaining),
-        ));
-        out.push((X_RATELIMIT_RESET.clone(), HeaderValue::from(t.reset_secs)));
+        out.push((X_RATELIMIT_LIMIT.clone(), int_value(t.limit)));
+        out.push((X_RATELIMIT_REMAINING.clone(), int_value(t.remaining)));
+        out.push((X_RATELIMIT_RESET.clone(), int_value(t.reset_secs)));
     }
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        let mut policy = String::new();
+        // One scratch string for both values; each is copied out at its size.
+        let mut text = String::with_capacity(128);
         for i in decision.matched.iter() {
             let Some(rule) = rules.get(i) else { continue };
-            if !policy.is_empty() {
-                policy.push_str(", ");
+            if !text.is_empty() {
+                text.push_str(", ");
             }
             let _ = write!(
-                policy,
+                text,
                 "\"{}\";q={};w={}",
                 rule.name,
                 rule.limit,
                 rule.window_secs()
             );
         }
-        push_text(&mut out, &RATELIMIT_POLICY, policy);
+        push_text(&mut out, &RATELIMIT_POLICY, &text);
         if let Some(rule) = rules.get(t.rule) {
-            let value = format!("\"{}\";r={};t={}", rule.name, t.remaining, t.reset_secs);
-            push_text(&mut out, &RATELIMIT, value);
+            text.clear();
+            let _ = write!(
+                text,
+                "\"{}\";r={};t={}",
+                rule.name, t.remaining, t.reset_secs
+            );
+            push_text(&mut out, &RATELIMIT, &text);
         }
     }
     out
 }
 
+/// An integer header value in one exact-size allocation. (`HeaderValue::from`
+/// an integer takes two: a growable buffer, then a shared handle to it.)
+pub fn int_value(n: impl itoa::Integer) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    // Digits are always a valid header value.
+    HeaderValue::from_str(buf.format(n)).unwrap_or(HeaderValue::from_static("0"))
+}
+
 /// Rule names are limited to `A-Z a-z 0-9 _ -` at config load, so the
 /// value is always valid; were it not, the header is left out rather than
 /// failing the response.
-fn push_text(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, text: String) {
-    if let Ok(value) = HeaderValue::try_from(text) {
+fn push_text(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, text: &str) {
+    if let Ok(value) = HeaderValue::from_str(text) {
         out.push((name.clone(), value));
     }
 }
