@@ -148,6 +148,37 @@ fn x_forwarded_for_is_appended() {
     );
 }
 
+/// tollgate replaces `X-Forwarded-For` and `X-Request-Id` in Pingora's
+/// case-preserving request header (vendor/PATCHES.md, 3): the values and
+/// the original-case map must stay in step, or Pingora panics writing the
+/// request. Repeated lines in mixed case are the awkward input.
+#[test]
+fn repeated_mixed_case_forwarding_headers_are_merged() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    let sent = [
+        ("X-FORWARDED-FOR", "198.51.100.1"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("X-Request-ID", "first"),
+        ("x-request-id", "second"),
+        ("X-Custom", "kept"),
+    ];
+    for _ in 0..2 {
+        let r = c.send("GET", "/echo", &sent, b"").unwrap();
+        assert_eq!(r.status, 200);
+        let seen = &r.json()["headers"];
+        assert_eq!(
+            seen["x-forwarded-for"],
+            "198.51.100.1, 203.0.113.7, 127.0.0.1"
+        );
+        assert_eq!(seen["x-custom"], "kept");
+        // The first sane id is reused, once, both ways.
+        assert_eq!(seen["x-request-id"], "first");
+        assert_eq!(r.header("x-request-id"), Some("first"));
+    }
+}
+
 #[test]
 fn h2c_prior_knowledge_works() {
     if Command::new("curl").arg("--version").output().is_err() {
