@@ -116,13 +116,17 @@ fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) -> 
     let limit_headers =
         rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules);
     headers.reserve(1 + limit_headers.len() + more);
-    let request_id = HeaderValue::from_str(&ctx.request_id)
-        .or_err(ErrorType::InternalError, "invalid request id")?;
-    headers.insert(X_REQUEST_ID.clone(), request_id);
+    headers.insert(X_REQUEST_ID.clone(), request_id_value(ctx)?);
     for (name, value) in limit_headers {
         headers.insert(name, value);
     }
     Ok(())
+}
+
+/// The request id as a header value. Ids are generated or reused only when
+/// sane (`request_id`), so this fails only on a bug, as a 500, not a panic.
+fn request_id_value(ctx: &Ctx) -> Result<HeaderValue> {
+    HeaderValue::from_str(&ctx.request_id).or_err(ErrorType::InternalError, "invalid request id")
 }
 
 fn header_str(h: &ResponseHeader, name: http::header::HeaderName) -> Option<&str> {
@@ -383,9 +387,7 @@ impl ProxyHttp for Gateway {
         // Pre-parsed names and one reservation: through `insert_header` each
         // name is parsed and allocated, and both of Pingora's maps grow.
         upstream.reserve_headers(2)?;
-        let request_id = HeaderValue::from_str(&ctx.request_id)
-            .or_err(ErrorType::InternalError, "invalid request id")?;
-        upstream.insert_parsed_header(&X_REQUEST_ID, "x-request-id", request_id)?;
+        upstream.insert_parsed_header(&X_REQUEST_ID, "x-request-id", request_id_value(ctx)?)?;
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             let mut chain = String::with_capacity(64);
             for v in upstream.headers.get_all(&X_FORWARDED_FOR) {
