@@ -2,8 +2,9 @@
 //! of distinct client addresses, measured on the limiter directly.
 //!
 //! `key_memory N ipv4|ipv6 MAX_KEYS` prints live keys, RSS growth and
-//! bytes per key. With N > MAX_KEYS the table must stop at MAX_KEYS (+1
-//! for the shared overflow bucket) and RSS must stay within the budget.
+//! bytes per key. With N > MAX_KEYS the table must stop at MAX_KEYS (new
+//! clients then share the overflow bucket, which is not a key) and RSS must
+//! stay within the budget.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};

@@ -247,9 +247,6 @@ fn classify(e: &Error) -> (u16, Option<FailureKind>, &'static str) {
 fn identify(session: &Session, ctx: &mut Ctx) {
     let rt = &ctx.rt;
     let req = session.req_header();
-    ctx.head = req.method == Method::HEAD;
-    ctx.request_id =
-        request_id::reuse_or_generate(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -259,6 +256,16 @@ fn identify(session: &Session, ctx: &mut Ctx) {
         rt.client_ip
             .resolve(p, values("x-forwarded-for"), values("forwarded"))
     });
+    // The client's buckets load while the rest of this runs; with many
+    // clients they are in DRAM, not the cache (bucket_table::Prefetcher).
+    if let (Some(ip), None) = (ctx.client_ip, &rt.redis) {
+        let key = rt.client_ip.key(ip);
+        rt.limiter
+            .prefetch(req.method.as_str(), req.uri.path(), &key);
+    }
+    ctx.head = req.method == Method::HEAD;
+    ctx.request_id =
+        request_id::reuse_or_generate(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
     ctx.route = rt.routes.find(req.method.as_str(), req.uri.path());
 }
 

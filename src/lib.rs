@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod allocator;
+pub mod bucket_table;
 pub mod client_ip;
 pub mod config;
 pub mod demo_upstream;

@@ -10,7 +10,8 @@
 //!   clients not already in it share one overflow bucket per rule (with the
 //!   rule's own quota) until the sweeper frees room, so a flood of distinct
 //!   addresses is limited as one client and never grows the table. Every
-//!   such decision is counted (`overflow_total`).
+//!   such decision is counted (`overflow_total`). The table's layout and
+//!   its costs are in [`crate::bucket_table`].
 //! - The sweeper drops keys whose bucket has been full again for at least
 //!   one replenish interval (governor's `retain_recent`): such a key is
 //!   indistinguishable from a new client, so sweeping never changes a
@@ -23,11 +24,9 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
-use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::{NotKeyed, StateStore};
 use governor::{NotUntil, Quota};
 
+use crate::bucket_table::{BucketTable, Prefetcher};
 use crate::client_ip::ClientKey;
 
 /// One rule from the config, as the limiter needs it.
@@ -70,67 +69,7 @@ impl RuleSpec {
     }
 }
 
-/// Keyed per process with a random seed, so an attacker who picks client
-/// addresses cannot aim them at one hash chain; several times faster than
-/// the default SipHash on 4- and 16-byte keys.
-type KeyHasher = foldhash::quality::RandomState;
-
-/// A DashMap store that never holds more than `cap` clients: a client that
-/// is not in a full table is measured against the shared overflow key.
-#[derive(Debug)]
-pub struct BoundedStore {
-    map: DashMapStateStore<ClientKey, KeyHasher>,
-    cap: usize,
-    /// Shared with [`Rule`]: governor does not hand its store back out.
-    overflow: Arc<AtomicU64>,
-}
-
-impl BoundedStore {
-    fn new(cap: usize, overflow: Arc<AtomicU64>) -> Self {
-        BoundedStore {
-            map: DashMapStateStore::with_hasher(KeyHasher::default()),
-            cap: cap.max(1),
-            overflow,
-        }
-    }
-}
-
-impl StateStore for BoundedStore {
-    type Key = ClientKey;
-
-    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        // One lookup for a known client; `len` (which visits every shard)
-        // only runs for clients not yet in the table.
-        if let Some(state) = self.map.get(key) {
-            return state.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        if self.map.len() < self.cap {
-            return self.map.measure_and_replace(key, f);
-        }
-        self.overflow.fetch_add(1, Ordering::Relaxed);
-        self.map.measure_and_replace(&ClientKey::Overflow, f)
-    }
-}
-
-impl ShrinkableKeyedStateStore<ClientKey> for BoundedStore {
-    fn retain_recent(&self, drop_below: Nanos) {
-        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below)
-    }
-    fn shrink_to_fit(&self) {
-        ShrinkableKeyedStateStore::shrink_to_fit(&self.map)
-    }
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
-type Buckets<C> = governor::RateLimiter<ClientKey, BoundedStore, C, StateInformationMiddleware>;
+type Buckets<C> = governor::RateLimiter<ClientKey, BucketTable, C, StateInformationMiddleware>;
 
 /// The state of one rule's bucket after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +138,7 @@ struct Rule<C: Clock> {
     spec: RuleSpec,
     /// Shared with the limiter a reload replaced, when the rule is unchanged.
     buckets: Arc<Buckets<C>>,
+    prefetcher: Prefetcher,
     interval: Duration,
     overflow: Arc<AtomicU64>,
     max_keys: usize,
@@ -269,6 +209,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
                     return Rule {
                         spec,
                         buckets: old.buckets.clone(),
+                        prefetcher: old.prefetcher.clone(),
                         interval: old.interval,
                         overflow: old.overflow.clone(),
                         max_keys,
@@ -276,12 +217,14 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 }
                 let quota = spec.quota();
                 let overflow = Arc::new(AtomicU64::new(0));
-                let store = BoundedStore::new(max_keys, overflow.clone());
+                let store = BucketTable::new(max_keys, overflow.clone());
+                let prefetcher = store.prefetcher();
                 let buckets: Buckets<C> = governor::RateLimiter::new(quota, store, clock.clone());
                 Rule {
                     interval: quota.replenish_interval(),
                     spec,
                     buckets: Arc::new(buckets),
+                    prefetcher,
                     overflow,
                     max_keys,
                 }
@@ -292,6 +235,16 @@ impl<C: Clock + Clone> RateLimiter<C> {
 
     pub fn rules(&self) -> impl ExactSizeIterator<Item = &RuleSpec> {
         self.rules.iter().map(|r| &r.spec)
+    }
+
+    /// Start loading this client's buckets into the cache, for a
+    /// [`check`](Self::check) a little later (see [`Prefetcher`]).
+    pub fn prefetch(&self, method: &str, path: &str, key: &ClientKey) {
+        for rule in &self.rules {
+            if rule.spec.matches(method, path) {
+                rule.prefetcher.prefetch(key);
+            }
+        }
     }
 
     /// Check every matching rule for this client; stop at the first denial.
@@ -541,7 +494,7 @@ mod tests {
             lim.check("GET", "/", &ClientKey::V4(i.to_be_bytes()));
         }
         let keys = lim.key_counts()[0];
-        assert!(keys <= 11, "cap 10 plus the overflow key, got {keys}");
+        assert_eq!(keys, 10, "the overflow bucket is not a key");
         assert_eq!(lim.overflow_totals()[0], 990);
         // Overflow clients share one bucket: it is exhausted.
         let d = lim.check("GET", "/", &ClientKey::V4([9, 9, 9, 9]));
