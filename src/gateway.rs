@@ -2,7 +2,6 @@
 //! the pure modules. Data flows one way: client IP → limiter → upstream →
 //! normalizer → metrics and log.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,6 +126,58 @@ fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) -> 
 /// sane (`request_id`), so this fails only on a bug, as a 500, not a panic.
 fn request_id_value(ctx: &Ctx) -> Result<HeaderValue> {
     HeaderValue::from_str(&ctx.request_id).or_err(ErrorType::InternalError, "invalid request id")
+}
+
+/// The `X-Forwarded-For` chain for the upstream: the values the request
+/// came with (those that are text), then the peer's address. Built in one
+/// exact-size allocation, with IPv4 written without `core::fmt` (which
+/// cost ~1,000 instructions per request).
+fn forwarded_for(headers: &http::HeaderMap, peer: IpAddr) -> Result<HeaderValue> {
+    let mut ip_buf = [0u8; 45];
+    let ip = ip_text(peer, &mut ip_buf);
+    let prior = || {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let len = prior().map(|p| p.len() + 2).sum::<usize>() + ip.len();
+    let mut chain = Vec::with_capacity(len);
+    for p in prior() {
+        chain.extend_from_slice(p.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(ip);
+    // Length equal to capacity: `Bytes` takes the buffer as it is.
+    HeaderValue::from_maybe_shared(Bytes::from(chain))
+        .or_err(ErrorType::InternalError, "invalid X-Forwarded-For")
+}
+
+/// An address as text in `buf` (45 bytes hold any IPv6 form).
+fn ip_text(ip: IpAddr, buf: &mut [u8; 45]) -> &[u8] {
+    let mut len = 0;
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let d = digits.format(octet).as_bytes();
+                buf[len..len + d.len()].copy_from_slice(d);
+                len += d.len();
+            }
+        }
+        IpAddr::V6(v6) => {
+            let mut rest = &mut buf[..];
+            // 45 bytes hold the longest form (with an embedded IPv4).
+            let _ = std::io::Write::write_fmt(&mut rest, format_args!("{v6}"));
+            len = 45 - rest.len();
+        }
+    }
+    &buf[..len]
 }
 
 fn header_str(h: &ResponseHeader, name: http::header::HeaderName) -> Option<&str> {
@@ -396,16 +447,7 @@ impl ProxyHttp for Gateway {
         upstream.reserve_headers(2)?;
         upstream.insert_parsed_header(&X_REQUEST_ID, "x-request-id", request_id_value(ctx)?)?;
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
-            let mut chain = String::with_capacity(64);
-            for v in upstream.headers.get_all(&X_FORWARDED_FOR) {
-                if let Ok(s) = v.to_str() {
-                    chain.push_str(s.trim());
-                    chain.push_str(", ");
-                }
-            }
-            let _ = write!(chain, "{}", peer.ip());
-            let chain = HeaderValue::try_from(chain)
-                .or_err(ErrorType::InternalError, "invalid X-Forwarded-For")?;
+            let chain = forwarded_for(&upstream.headers, peer.ip())?;
             upstream.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", chain)?;
         }
         Ok(())
@@ -621,5 +663,40 @@ impl ProxyHttp for Gateway {
             error_source: sent.and_then(|s| s.source).map(Source::as_str),
             failure: ctx.failure.map(FailureKind::as_str),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_peer_as_std_writes_it() {
+        let peers: [IpAddr; 5] = [
+            "0.0.0.0".parse().unwrap(),
+            "192.168.100.254".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                .parse()
+                .unwrap(),
+        ];
+        let mut headers = http::HeaderMap::new();
+        for peer in peers {
+            let v = forwarded_for(&headers, peer).unwrap();
+            assert_eq!(v.to_str().unwrap(), peer.to_string());
+        }
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static(" 203.0.113.9 "));
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff").unwrap());
+        headers.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("10.0.0.1, 10.0.0.2"),
+        );
+        let v = forwarded_for(&headers, peers[1]).unwrap();
+        assert_eq!(
+            v.to_str().unwrap(),
+            "203.0.113.9, 10.0.0.1, 10.0.0.2, 192.168.100.254",
+            "text values kept in order, others dropped, the peer last"
+        );
     }
 }
