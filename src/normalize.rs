@@ -31,8 +31,15 @@ impl Envelope {
         struct Wrapper<'a> {
             error: &'a Envelope,
         }
+        // Sized for the envelope's fixed text (~90 bytes) and its strings, so
+        // the buffer does not grow 8 → 16 → ... → 256 on the way.
+        let strings = self.kind.len() + self.code.len() + self.message.len();
+        let mut out = Vec::with_capacity(160 + strings + self.request_id.len());
         // Serializing strings and `Value`s into a Vec cannot fail.
-        serde_json::to_vec(&Wrapper { error: self }).unwrap_or_default()
+        match serde_json::to_writer(&mut out, &Wrapper { error: self }) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 }
 
