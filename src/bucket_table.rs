@@ -19,8 +19,10 @@
 //! - Memory: a shard doubles when it would pass 3/4 full, and the sweeper
 //!   rebuilds a shard at the smallest size at most half full, so a live key
 //!   costs 32 to 64 bytes of slots (24 / load factor), plus 4 KiB per table.
-//! - While the sweeper rebuilds a shard (a copy of its live slots: about
-//!   0.5 ms for 16k clients), decisions for that shard's clients wait.
+//! - While the sweeper rebuilds a shard (a copy of its live slots: 0.35 ms
+//!   for a shard of 16k clients dropping half, 22 ms for a 1M-client table,
+//!   one shard at a time), decisions for that shard's clients wait. A sweep
+//!   that drops nothing only scans: 1.8 ms for 1M clients.
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU64;
