@@ -20,6 +20,12 @@ pub mod common;
 pub(crate) mod header;
 pub mod server;
 
+/// tollgate patch (vendor/PATCHES.md, 4): header maps parsed off the wire
+/// get room for this many more entries, so that a proxy adding its own
+/// headers (a request id, `X-Forwarded-For`, rate-limit headers) does not
+/// rehash them; the copies the proxy works on keep that room.
+pub(crate) const PROXY_HEADER_ROOM: usize = 8;
+
 /// Test utilities shared across HTTP/1.x unit tests
 #[cfg(test)]
 pub(crate) mod test_util {

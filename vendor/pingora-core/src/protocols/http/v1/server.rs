@@ -353,7 +353,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // tollgate patch (vendor/PATCHES.md, 4): room for a proxy's own headers,
+                            // so adding them does not rehash the maps.
+                            Some(req.headers.len() + crate::protocols::http::v1::PROXY_HEADER_ROOM),
                         )?);
 
                         request_header.set_version(match req.version {
