@@ -25,21 +25,48 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The JSON bytes the client receives.
+    /// The JSON bytes the client receives: `{"error":{"type":…,"code":…,
+    /// "message":…,"request_id":…,"details":…}}`, compact, in that order.
+    ///
+    /// Written piece by piece rather than through `serde_json::to_vec` of
+    /// a wrapper: serde_json writes each key, quote and punctuation mark as
+    /// its own small write and escapes byte by byte, ~2,400 instructions
+    /// for a 429's envelope (a tenth of the whole 429). Strings that need
+    /// no escaping (nearly all) go in with one copy; others, and
+    /// `details`, still go through serde_json, so the bytes are the same
+    /// (`to_json_matches_serde_json` checks it).
     pub fn to_json(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Wrapper<'a> {
-            error: &'a Envelope,
-        }
-        // Sized for the envelope's fixed text (~90 bytes) and its strings, so
-        // the buffer does not grow 8 → 16 → ... → 256 on the way.
         let strings = self.kind.len() + self.code.len() + self.message.len();
-        let mut out = Vec::with_capacity(160 + strings + self.request_id.len());
-        // Serializing strings and `Value`s into a Vec cannot fail.
-        match serde_json::to_writer(&mut out, &Wrapper { error: self }) {
-            Ok(()) => out,
-            Err(_) => Vec::new(),
+        let mut out = Vec::with_capacity(96 + strings + self.request_id.len());
+        out.extend_from_slice(br#"{"error":{"type":"#);
+        push_json_str(&mut out, &self.kind);
+        out.extend_from_slice(br#","code":"#);
+        push_json_str(&mut out, &self.code);
+        out.extend_from_slice(br#","message":"#);
+        push_json_str(&mut out, &self.message);
+        out.extend_from_slice(br#","request_id":"#);
+        push_json_str(&mut out, &self.request_id);
+        out.extend_from_slice(br#","details":"#);
+        // Writing a `Value` into a Vec cannot fail.
+        if serde_json::to_writer(&mut out, &self.details).is_err() {
+            out.extend_from_slice(b"null");
         }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+/// `s` as a JSON string: one copy when nothing in it needs escaping,
+/// serde_json's escaping otherwise.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
     }
 }
 
@@ -489,6 +516,36 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::io::Write;
+
+    #[test]
+    fn to_json_matches_serde_json() {
+        #[derive(Serialize)]
+        struct Wrapper<'a> {
+            error: &'a Envelope,
+        }
+        let strings = [
+            "",
+            "plain",
+            "Too many requests; retry after the time in Retry-After.",
+            "quote \" and backslash \\ and slash /",
+            "control \u{0} \u{1f} \n \t \r \u{7f}",
+            "unicode é ü 日本 🦀 \u{2028} \u{2029}",
+        ];
+        for (i, s) in strings.iter().enumerate() {
+            let e = Envelope {
+                kind: s.to_string(),
+                code: strings[(i + 1) % strings.len()].to_string(),
+                message: strings[(i + 2) % strings.len()].to_string(),
+                request_id: strings[(i + 3) % strings.len()].to_string(),
+                details: json!({ "retry_after": 3, "s": s, "nested": [1, null, {"k": s}] }),
+            };
+            let serde = serde_json::to_vec(&Wrapper { error: &e }).unwrap();
+            assert_eq!(
+                String::from_utf8(e.to_json()).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
+    }
 
     const RID: &str = "req_test123";
     const MAX: usize = 65536;
