@@ -157,9 +157,8 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     pub fn prefetch(&self, key: &ClientKey) {
-        let Some(key) = slot_key(key) else { return };
-        let hash = self.hasher.hash_one(key);
-        let shard = &self.shards[(hash >> (64 - SHARD_BITS)) as usize];
+        let hash = self.hasher.hash_one(slot_key(key));
+        let shard = shard_of(&self.shards, hash);
         let base = shard.base.load(Ordering::Relaxed);
         if base == 0 {
             return;
@@ -208,14 +207,18 @@ impl std::fmt::Debug for BucketTable {
     }
 }
 
-/// The 128-bit form a slot stores; `None` for the overflow key, which
-/// never enters the table.
-fn slot_key(key: &ClientKey) -> Option<u128> {
+/// The 128-bit form a slot stores.
+fn slot_key(key: &ClientKey) -> u128 {
     match key {
-        ClientKey::V4(octets) => Some((0xffff << 32) | u128::from(u32::from_be_bytes(*octets))),
-        ClientKey::V6(octets) => Some(u128::from_be_bytes(*octets)),
-        ClientKey::Overflow => None,
+        ClientKey::V4(octets) => (0xffff << 32) | u128::from(u32::from_be_bytes(*octets)),
+        ClientKey::V6(octets) => u128::from_be_bytes(*octets),
     }
+}
+
+/// The shard that holds a key with this hash: the hash's top bits (the
+/// slot within it comes from the low bits).
+fn shard_of(shards: &[PaddedShard], hash: u64) -> &PaddedShard {
+    &shards[(hash >> (64 - SHARD_BITS)) as usize]
 }
 
 /// governor's update: read the state, let `f` decide, and store its new
@@ -247,10 +250,6 @@ impl BucketTable {
         }
     }
 
-    fn shard(&self, hash: u64) -> &PaddedShard {
-        &self.shards[(hash >> (64 - SHARD_BITS)) as usize]
-    }
-
     /// A handle that prefetches clients' slots; see [`Prefetcher`].
     pub fn prefetcher(&self) -> Prefetcher {
         Prefetcher {
@@ -274,7 +273,7 @@ impl BucketTable {
         hash: u64,
         f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     ) -> Result<T, E> {
-        let padded = self.shard(hash);
+        let padded = shard_of(&self.shards, hash);
         let mut shard = padded.lock.write().unwrap_or_else(PoisonError::into_inner);
         // Another thread may have added it since the read lock was let go.
         if let Some(slot) = shard.find(key, hash) {
@@ -312,13 +311,10 @@ impl StateStore for BucketTable {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let Some(key) = slot_key(key) else {
-            return self.on_overflow(f);
-        };
+        let key = slot_key(key);
         let hash = self.hasher.hash_one(key);
         {
-            let shard = self
-                .shard(hash)
+            let shard = shard_of(&self.shards, hash)
                 .lock
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
@@ -413,7 +409,7 @@ mod tests {
             assert_eq!(take(&table, &v4(i), 1, 10, 2), Err(()), "client {i}");
         }
         let v6 = ClientKey::V6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        let mapped = ClientKey::V6(slot_key(&v4(7)).unwrap().to_be_bytes());
+        let mapped = ClientKey::V6(slot_key(&v4(7)).to_be_bytes());
         assert_eq!(take(&table, &v6, 1, 10, 2), Ok(()), "a new client");
         assert_eq!(
             take(&table, &mapped, 1, 10, 2),

@@ -9,14 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 /// The rate-limit key of a client. IPv6 addresses are cut to a prefix so a
-/// host that owns a /64 cannot rotate addresses to dodge its bucket. Byte
-/// arrays keep the key small (17 bytes, align 1) in the bucket tables.
+/// host that owns a /64 cannot rotate addresses to dodge its bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     V4([u8; 4]),
     V6([u8; 16]),
-    /// The shared bucket that new clients use while a table is full.
-    Overflow,
 }
 
 #[derive(Debug, Clone)]

@@ -270,7 +270,6 @@ fn bucket_tag(key: &ClientKey) -> String {
                 let _ = write!(s, "{x:02x}");
             });
         }
-        ClientKey::Overflow => s.push('o'),
     }
     s
 }
