@@ -77,13 +77,12 @@ pub fn render(
 /// (`HeaderValue::from` an integer takes two: a growable buffer, then a
 /// shared handle to it).
 pub fn int_value(n: impl itoa::Integer + TryInto<usize> + Copy) -> HeaderValue {
-    let mut buf = itoa::Buffer::new();
-    let text = buf.format(n);
-    if let Some(digits) = static_digits(text.len(), n) {
+    if let Some(digits) = n.try_into().ok().and_then(static_digits) {
         return HeaderValue::from_static(digits);
     }
+    let mut buf = itoa::Buffer::new();
     // Digits are always a valid header value.
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_str(buf.format(n)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Integers below this have a static header value.
@@ -118,16 +117,24 @@ const fn digit_count(n: usize) -> usize {
     }
 }
 
-/// `n`'s digits in [`STATIC_DIGITS`], when it is small enough.
-fn static_digits(width: usize, n: impl TryInto<usize>) -> Option<&'static str> {
-    let n: usize = n.try_into().ok().filter(|&n| n < STATIC_INTS)?;
-    // Where the numbers of `n`'s width start, and how many come before it.
-    let (start, first) = match width {
+/// Where the first number with `width` digits starts in [`STATIC_DIGITS`],
+/// and that number.
+const fn width_start(width: usize) -> (usize, usize) {
+    match width {
         1 => (0, 0),
         2 => (10, 10),
         3 => (190, 100),
         _ => (2890, 1000),
-    };
+    }
+}
+
+/// `n`'s digits in [`STATIC_DIGITS`], when it is small enough.
+fn static_digits(n: usize) -> Option<&'static str> {
+    if n >= STATIC_INTS {
+        return None;
+    }
+    let width = digit_count(n);
+    let (start, first) = width_start(width);
     let at = start + (n - first) * width;
     std::str::from_utf8(STATIC_DIGITS.get(at..at + width)?).ok()
 }
@@ -144,6 +151,8 @@ fn push_text(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, text: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limit::RuleState;
+    use std::time::Duration;
 
     #[test]
     fn integers_render_exactly_static_or_not() {
@@ -154,8 +163,6 @@ mod tests {
         assert_eq!(int_value(9_999u32), "9999");
         assert_eq!(int_value(usize::MAX), usize::MAX.to_string().as_str());
     }
-    use crate::rate_limit::RuleState;
-    use std::time::Duration;
 
     fn rules() -> Vec<RuleSpec> {
         let r = |name: &str, limit, secs| RuleSpec {
