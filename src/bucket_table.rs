@@ -136,8 +136,13 @@ struct PaddedShard {
 
 impl PaddedShard {
     fn publish(&self, shard: &Shard) {
-        self.base
-            .store(shard.slots.as_ptr() as usize, Ordering::Relaxed);
+        // 0 (nothing to prefetch) for an emptied shard, whose pointer is dangling.
+        let base = if shard.slots.is_empty() {
+            0
+        } else {
+            shard.slots.as_ptr() as usize
+        };
+        self.base.store(base, Ordering::Relaxed);
         self.mask
             .store(shard.slots.len().saturating_sub(1), Ordering::Relaxed);
     }
