@@ -77,7 +77,6 @@ pub use self::into_header_name::IntoHeaderName;
 ///
 /// assert!(!headers.contains_key(HOST));
 /// ```
-#[derive(Clone)]
 pub struct HeaderMap<T = HeaderValue> {
     // Used to mask values to get an index
     mask: Size,
@@ -85,6 +84,24 @@ pub struct HeaderMap<T = HeaderValue> {
     entries: Vec<Bucket<T>>,
     extra_values: Vec<ExtraValue<T>>,
     danger: Danger,
+}
+
+// tollgate patch: a clone keeps the original's spare entry capacity (the
+// derived `Clone` sized the entries to their length), so a proxy that
+// clones a parsed message to edit it does not reallocate on its first
+// insert. The index is cloned as it is, so it already had that room.
+impl<T: Clone> Clone for HeaderMap<T> {
+    fn clone(&self) -> Self {
+        let mut entries = Vec::with_capacity(self.entries.capacity());
+        entries.extend_from_slice(&self.entries);
+        HeaderMap {
+            mask: self.mask,
+            indices: self.indices.clone(),
+            entries,
+            extra_values: self.extra_values.clone(),
+            danger: self.danger.clone(),
+        }
+    }
 }
 
 // # Implementation notes
@@ -778,6 +795,14 @@ impl<T> HeaderMap<T> {
             } else {
                 self.try_grow(raw_cap)?;
             }
+        }
+
+        // tollgate patch: reserve the entries too. Without this, a map whose
+        // index already has room (a clone, or a map parsed with headroom)
+        // still reallocates its entries on the next insert: `Clone` leaves
+        // them with no spare capacity.
+        if cap > self.entries.capacity() {
+            self.entries.reserve_exact(cap - self.entries.len());
         }
 
         Ok(())

@@ -132,6 +132,14 @@ pub use self::name::{
     X_DNS_PREFETCH_CONTROL,
     X_FRAME_OPTIONS,
     X_XSS_PROTECTION,
+    // tollgate patch (see name.rs)
+    RATELIMIT,
+    RATELIMIT_POLICY,
+    X_FORWARDED_FOR,
+    X_RATELIMIT_LIMIT,
+    X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
+    X_REQUEST_ID,
 };
 
 /// Maximum length of a header name

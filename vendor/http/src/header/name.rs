@@ -987,6 +987,32 @@ standard_headers! {
     /// inline JavaScript ('unsafe-inline'), they can still provide protections
     /// for users of older web browsers that don't yet support CSP.
     (XXssProtection, X_XSS_PROTECTION, b"x-xss-protection");
+
+    // tollgate patch: headers a proxy and rate limiter handle on every
+    // request. As standard headers they hash and compare as one byte
+    // instead of their whole name, in every map they are looked up in or
+    // inserted into. Their text, and so what goes on the wire, is unchanged.
+
+    /// Identifies a request across the services it passes through.
+    (XRequestId, X_REQUEST_ID, b"x-request-id");
+
+    /// The client addresses a request was forwarded for, left to right.
+    (XForwardedFor, X_FORWARDED_FOR, b"x-forwarded-for");
+
+    /// The request quota of the rate-limit rule that applies.
+    (XRatelimitLimit, X_RATELIMIT_LIMIT, b"x-ratelimit-limit");
+
+    /// Requests left in the current rate-limit window.
+    (XRatelimitRemaining, X_RATELIMIT_REMAINING, b"x-ratelimit-remaining");
+
+    /// Seconds until the rate-limit quota is restored.
+    (XRatelimitReset, X_RATELIMIT_RESET, b"x-ratelimit-reset");
+
+    /// The IETF draft's rate-limit state (remaining quota and reset).
+    (Ratelimit, RATELIMIT, b"ratelimit");
+
+    /// The IETF draft's rate-limit policies.
+    (RatelimitPolicy, RATELIMIT_POLICY, b"ratelimit-policy");
 }
 
 /// Valid header name characters

@@ -24,7 +24,7 @@ pub mod server;
 /// get room for this many more entries, so that a proxy adding its own
 /// headers (a request id, `X-Forwarded-For`, rate-limit headers) does not
 /// rehash them; the copies the proxy works on keep that room.
-pub(crate) const PROXY_HEADER_ROOM: usize = 8;
+pub(crate) const PROXY_HEADER_ROOM: usize = 4;
 
 /// Test utilities shared across HTTP/1.x unit tests
 #[cfg(test)]
