@@ -2,13 +2,16 @@
 //! the pure modules. Data flows one way: client IP → limiter → upstream →
 //! normalizer → metrics and log.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING};
+use http::header::{
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, FORWARDED, TRANSFER_ENCODING,
+};
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -23,7 +26,7 @@ use crate::rate_limit::Decision;
 use crate::rate_limit_headers;
 use crate::redis_limiter::Outcome;
 use crate::reload::Live;
-use crate::request_id;
+use crate::request_id::RequestId;
 use crate::routes::RouteId;
 use crate::runtime::Runtime;
 
@@ -65,7 +68,7 @@ pub struct Ctx {
     /// swaps it meanwhile.
     rt: Arc<Runtime>,
     start: Instant,
-    request_id: String,
+    request_id: RequestId,
     client_ip: Option<IpAddr>,
     route: RouteId,
     decision: Decision,
@@ -76,8 +79,8 @@ pub struct Ctx {
     request_bytes: u64,
     upstream_sent: Option<Instant>,
     upstream_status: Option<u16>,
-    pending: Option<PendingError>,
-    sent: Option<SentError>,
+    pending: Option<Box<PendingError>>,
+    sent: Option<Box<SentError>>,
     retry_after: Option<u64>,
     failure: Option<FailureKind>,
     fail_code: u16,
@@ -112,20 +115,13 @@ fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
 /// `X-Request-Id` and the rate-limit headers, with pre-parsed names and one
 /// reservation (room for `more` headers besides).
 fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) -> Result<()> {
-    let limit_headers =
-        rate_limit_headers::render(ctx.rt.header_style, &ctx.decision, &ctx.rt.rules);
-    headers.reserve(1 + limit_headers.len() + more);
-    headers.insert(X_REQUEST_ID.clone(), request_id_value(ctx)?);
-    for (name, value) in limit_headers {
+    let (style, decision) = (ctx.rt.header_style, &ctx.decision);
+    headers.reserve(1 + rate_limit_headers::count(style, decision) + more);
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.header_value());
+    rate_limit_headers::render(style, decision, &ctx.rt.rules, |name, value| {
         headers.insert(name, value);
-    }
+    });
     Ok(())
-}
-
-/// The request id as a header value. Ids are generated or reused only when
-/// sane (`request_id`), so this fails only on a bug, as a 500, not a panic.
-fn request_id_value(ctx: &Ctx) -> Result<HeaderValue> {
-    HeaderValue::from_str(&ctx.request_id).or_err(ErrorType::InternalError, "invalid request id")
 }
 
 /// The `X-Forwarded-For` chain for the upstream: the values the request
@@ -135,13 +131,8 @@ fn request_id_value(ctx: &Ctx) -> Result<HeaderValue> {
 fn forwarded_for(headers: &http::HeaderMap, peer: IpAddr) -> Result<HeaderValue> {
     let mut ip_buf = [0u8; 45];
     let ip = ip_text(peer, &mut ip_buf);
-    let prior = || {
-        headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let values = headers.get_all(&X_FORWARDED_FOR);
+    let prior = || values.iter().filter_map(|v| v.to_str().ok()).map(str::trim);
     let len = prior().map(|p| p.len() + 2).sum::<usize>() + ip.len();
     let mut chain = Vec::with_capacity(len);
     for p in prior() {
@@ -194,10 +185,10 @@ impl Gateway {
         message: &str,
         details: Value,
     ) -> Result<()> {
-        let envelope = ctx
-            .rt
-            .errors
-            .gateway_error(status, message, &ctx.request_id, details);
+        let envelope =
+            ctx.rt
+                .errors
+                .gateway_error(status, message, ctx.request_id.as_str(), details);
         let body = Bytes::from(envelope.to_json());
         // Built as plain `http` parts: no case map, names pre-parsed (see
         // `add_response_headers`). Pingora adds Date and Connection.
@@ -212,11 +203,11 @@ impl Gateway {
             .headers
             .insert(CONTENT_LENGTH, rate_limit_headers::int_value(body.len()));
         let h = ResponseHeader::from(parts);
-        ctx.sent = Some(SentError {
+        ctx.sent = Some(Box::new(SentError {
             envelope,
             source: None,
             upstream_ref: None,
-        });
+        }));
         if ctx.head {
             session.write_response_header(Box::new(h), true).await
         } else {
@@ -234,14 +225,19 @@ impl Gateway {
             body: &p.body,
             truncated: p.truncated,
         };
-        let n = normalize::normalize(&err, &ctx.request_id, &ctx.rt.errors, ctx.rt.max_error_body);
+        let n = normalize::normalize(
+            &err,
+            ctx.request_id.as_str(),
+            &ctx.rt.errors,
+            ctx.rt.max_error_body,
+        );
         ctx.rt.metrics.normalized(n.source, p.status);
         let body = Bytes::from(n.envelope.to_json());
-        ctx.sent = Some(SentError {
+        ctx.sent = Some(Box::new(SentError {
             envelope: n.envelope,
             source: Some(n.source),
             upstream_ref: n.upstream_ref,
-        });
+        }));
         Some(body)
     }
 }
@@ -303,9 +299,14 @@ fn identify(session: &Session, ctx: &mut Ctx) {
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
     ctx.client_ip = peer.map(|p| {
-        let values = |name| req.headers.get_all(name).iter().map(|v| v.as_bytes());
+        // Looked up only if `resolve` asks: not at all for an untrusted peer.
+        let values = |name: &'static HeaderName| {
+            std::iter::once(name)
+                .flat_map(|n| req.headers.get_all(n))
+                .map(HeaderValue::as_bytes)
+        };
         rt.client_ip
-            .resolve(p, values("x-forwarded-for"), values("forwarded"))
+            .resolve(p, values(&X_FORWARDED_FOR), values(&FORWARDED))
     });
     // The client's buckets load while the rest of this runs; with many
     // clients they are in DRAM, not the cache (bucket_table::Prefetcher).
@@ -315,55 +316,72 @@ fn identify(session: &Session, ctx: &mut Ctx) {
             .prefetch(req.method.as_str(), req.uri.path(), &key);
     }
     ctx.head = req.method == Method::HEAD;
-    ctx.request_id =
-        request_id::reuse_or_generate(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
+    ctx.request_id = RequestId::reuse_or_generate(req.headers.get(&X_REQUEST_ID));
     ctx.route = rt.routes.find(req.method.as_str(), req.uri.path());
 }
 
+/// Why the gateway answers a request itself instead of proxying it.
+struct Refusal {
+    status: u16,
+    message: Cow<'static, str>,
+    details: Value,
+}
+
 impl Gateway {
-    /// The rate-limit decision; answers 429 (or 503 when the shared
-    /// backend is down under `on_backend_error = "deny"`) and returns true
-    /// when the request stops here.
-    async fn enforce_limits(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(ip) = ctx.client_ip else {
-            return Ok(false);
-        };
+    /// The in-process rate-limit decision (no await: the hook's future
+    /// stays small, see `request_filter`).
+    fn limit_locally(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
+        let ip = ctx.client_ip?;
+        let rt = &ctx.rt;
+        let req = session.req_header();
+        let decision = rt
+            .limiter
+            .check(req.method.as_str(), req.uri.path(), &rt.client_ip.key(ip));
+        self.apply(ctx, Outcome::Decided(decision))
+    }
+
+    /// The decision through the shared (Redis) backend.
+    async fn limit_shared(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
+        let ip = ctx.client_ip?;
         let rt = ctx.rt.clone();
-        let key = rt.client_ip.key(ip);
+        let redis = rt.redis.as_ref()?;
         let req = session.req_header();
         let (method, path) = (req.method.as_str(), req.uri.path());
-        let outcome = match &rt.redis {
-            None => Outcome::Decided(rt.limiter.check(method, path, &key)),
-            Some(redis) => {
-                redis
-                    .decide(method, path, &key, &rt.rules, &rt.limiter)
-                    .await
-            }
-        };
+        let key = rt.client_ip.key(ip);
+        let outcome = redis
+            .decide(method, path, &key, &rt.rules, &rt.limiter)
+            .await;
+        self.apply(ctx, outcome)
+    }
+
+    /// Record a decision; a 429 when it refuses the request, or a 503 when
+    /// the shared backend is down under `on_backend_error = "deny"`.
+    fn apply(&self, ctx: &mut Ctx, outcome: Outcome) -> Option<Refusal> {
         ctx.decision = match outcome {
             Outcome::Decided(d) => d,
             Outcome::Unavailable => {
-                let msg = "Rate limiting is unavailable; try again shortly.";
-                self.respond(session, ctx, 503, msg, Value::Null).await?;
-                return Ok(true);
+                return Some(Refusal {
+                    status: 503,
+                    message: "Rate limiting is unavailable; try again shortly.".into(),
+                    details: Value::Null,
+                })
             }
         };
-        let Some((state, retry_after)) = ctx.decision.denied else {
-            return Ok(false);
-        };
-        if let Some(c) = rt.rate_limited.get(state.rule) {
+        let (state, retry_after) = ctx.decision.denied?;
+        if let Some(c) = ctx.rt.rate_limited.get(state.rule) {
             c.inc();
         }
         ctx.retry_after = Some(retry_after);
-        let msg = "Too many requests; retry after the time in Retry-After.";
-        let details = json!({ "retry_after": retry_after });
-        self.respond(session, ctx, 429, msg, details).await?;
-        Ok(true)
+        Some(Refusal {
+            status: 429,
+            message: "Too many requests; retry after the time in Retry-After.".into(),
+            details: json!({ "retry_after": retry_after }),
+        })
     }
 
     /// 413 for a declared body over the limit; a body of unknown length is
     /// held until it is known to fit (see `request_body_filter`).
-    async fn check_body_size(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    fn check_body_size(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Refusal> {
         let limit = ctx.rt.max_request_body;
         let declared = session
             .req_header()
@@ -373,18 +391,21 @@ impl Gateway {
             .and_then(|v| v.trim().parse::<u64>().ok());
         match declared {
             Some(n) if n > limit => {
-                let msg = format!(
-                    "The request body is larger than the {limit} bytes this gateway accepts."
-                );
                 // The body is not read: the connection cannot be reused.
                 session.set_keepalive(None);
-                self.respond(session, ctx, 413, &msg, Value::Null).await?;
-                Ok(true)
+                Some(Refusal {
+                    status: 413,
+                    message: format!(
+                        "The request body is larger than the {limit} bytes this gateway accepts."
+                    )
+                    .into(),
+                    details: Value::Null,
+                })
             }
-            Some(_) => Ok(false),
+            Some(_) => None,
             None => {
                 ctx.hold_request_body = !session.is_body_empty();
-                Ok(false)
+                None
             }
         }
     }
@@ -398,7 +419,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             rt: self.live.runtime(),
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: RequestId::default(),
             client_ip: None,
             route: 0,
             decision: Decision::default(),
@@ -416,12 +437,21 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Every request passes here and async_trait boxes this future each
+    /// time, so it holds no large future inline: the shared backend's
+    /// round trip and the writes of a refusal (~1.1 KB of state) are boxed
+    /// on their own, only when they happen.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         identify(session, ctx);
-        if self.enforce_limits(session, ctx).await? {
-            return Ok(true);
-        }
-        self.check_body_size(session, ctx).await
+        let refusal = match ctx.rt.redis {
+            None => self.limit_locally(session, ctx),
+            Some(_) => Box::pin(self.limit_shared(session, ctx)).await,
+        };
+        let Some(r) = refusal.or_else(|| self.check_body_size(session, ctx)) else {
+            return Ok(false);
+        };
+        Box::pin(self.respond(session, ctx, r.status, &r.message, r.details)).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -445,7 +475,11 @@ impl ProxyHttp for Gateway {
         // Pre-parsed names and one reservation: through `insert_header` each
         // name is parsed and allocated, and both of Pingora's maps grow.
         upstream.reserve_headers(2)?;
-        upstream.insert_parsed_header(&X_REQUEST_ID, "x-request-id", request_id_value(ctx)?)?;
+        upstream.insert_parsed_header(
+            &X_REQUEST_ID,
+            "x-request-id",
+            ctx.request_id.header_value(),
+        )?;
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             let chain = forwarded_for(&upstream.headers, peer.ip())?;
             upstream.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", chain)?;
@@ -528,24 +562,27 @@ impl ProxyHttp for Gateway {
         if ctx.head {
             return Ok(());
         }
-        ctx.pending = Some(PendingError {
+        ctx.pending = Some(Box::new(PendingError {
             status,
             content_type,
             content_encoding,
             body: Vec::new(),
             truncated: false,
-        });
+        }));
         if empty {
             // `Content-Length: 0`: the body filter will not run, so the
             // envelope goes out now. Pingora then skips its own copy of
             // the header (one WARN) and the connection stays reusable.
             let body = self.finish_pending(ctx).unwrap_or_default();
             resp.insert_header(CONTENT_LENGTH, body.len())?;
-            session
-                .write_response_header(Box::new(resp.clone()), false)
-                .await?;
-            session.write_response_body(Some(body), true).await?;
-            return Ok(());
+            let header = Box::new(resp.clone());
+            // Boxed: the writes' state would otherwise ride in this hook's
+            // future on every response.
+            return Box::pin(async move {
+                session.write_response_header(header, false).await?;
+                session.write_response_body(Some(body), true).await
+            })
+            .await;
         }
         if !session.is_http2() {
             resp.insert_header(TRANSFER_ENCODING, "chunked")?;
@@ -600,23 +637,23 @@ impl ProxyHttp for Gateway {
             }
         }
         if code > 0 && session.response_written().is_none() {
-            let envelope = ctx
-                .rt
-                .errors
-                .gateway_error(code, message, &ctx.request_id, Value::Null);
+            let envelope =
+                ctx.rt
+                    .errors
+                    .gateway_error(code, message, ctx.request_id.as_str(), Value::Null);
             let body = Bytes::from(envelope.to_json());
             if let Ok(mut h) = ResponseHeader::build(code, Some(4)) {
                 let _ = h.insert_header(CONTENT_TYPE, "application/json");
                 let _ = h.insert_header(CONTENT_LENGTH, body.len());
-                let _ = h.insert_header("x-request-id", &ctx.request_id);
+                let _ = h.insert_header(X_REQUEST_ID.clone(), ctx.request_id.header_value());
                 let body = if ctx.head { Bytes::new() } else { body };
                 let _ = session.write_error_response(h, body).await;
             }
-            ctx.sent = Some(SentError {
+            ctx.sent = Some(Box::new(SentError {
                 envelope,
                 source: None,
                 upstream_ref: None,
-            });
+            }));
         }
         FailToProxy {
             error_code: code,
@@ -652,7 +689,7 @@ impl ProxyHttp for Gateway {
             route: &route.name,
             rule,
             client_ip: ctx.client_ip,
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
             upstream_status: ctx.upstream_status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             retry_after: ctx.retry_after,

@@ -4,8 +4,9 @@
 //!
 //! They come out as ready `http` names and values: the names are parsed at
 //! compile time, integers below 10,000 are slices of a static table, and
-//! other values are formatted on the stack and copied once, so a response
-//! with `X-RateLimit-*` headers allocates only for their list.
+//! other values are formatted on the stack and copied once, and each goes
+//! straight to the caller (into the response's header map): a response
+//! with `X-RateLimit-*` headers below 10,000 allocates nothing for them.
 
 use std::fmt::Write;
 
@@ -23,23 +24,38 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The most headers one decision renders (`Retry-After` and both styles).
 pub const MAX_HEADERS: usize = 6;
 
-/// Headers for a decision, in the order they should be sent.
+/// How many headers [`render`] gives for a decision (to reserve room).
+pub fn count(style: HeaderStyle, decision: &Decision) -> usize {
+    let retry = usize::from(decision.denied.is_some());
+    if decision.tightest.is_none() {
+        return retry;
+    }
+    retry
+        + match style {
+            HeaderStyle::XRatelimit => 3,
+            HeaderStyle::Ietf => 2,
+            HeaderStyle::Both => 5,
+            HeaderStyle::None => 0,
+        }
+}
+
+/// Headers for a decision, handed to `out` in the order they should be sent.
 pub fn render(
     style: HeaderStyle,
     decision: &Decision,
     rules: &[RuleSpec],
-) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out = Vec::with_capacity(MAX_HEADERS);
+    mut out: impl FnMut(HeaderName, HeaderValue),
+) {
     if let Some((_, retry_after)) = decision.denied {
-        out.push((RETRY_AFTER, int_value(retry_after)));
+        out(RETRY_AFTER, int_value(retry_after));
     }
     let Some(t) = decision.tightest else {
-        return out;
+        return;
     };
     if matches!(style, HeaderStyle::XRatelimit | HeaderStyle::Both) {
-        out.push((X_RATELIMIT_LIMIT.clone(), int_value(t.limit)));
-        out.push((X_RATELIMIT_REMAINING.clone(), int_value(t.remaining)));
-        out.push((X_RATELIMIT_RESET.clone(), int_value(t.reset_secs)));
+        out(X_RATELIMIT_LIMIT.clone(), int_value(t.limit));
+        out(X_RATELIMIT_REMAINING.clone(), int_value(t.remaining));
+        out(X_RATELIMIT_RESET.clone(), int_value(t.reset_secs));
     }
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
         // One scratch string for both values; each is copied out at its size.
@@ -68,7 +84,6 @@ pub fn render(
             push_text(&mut out, &RATELIMIT, &text);
         }
     }
-    out
 }
 
 /// An integer as a header value. Below [`STATIC_INTS`] (remaining tokens,
@@ -142,9 +157,9 @@ fn static_digits(n: usize) -> Option<&'static str> {
 /// Rule names are limited to `A-Z a-z 0-9 _ -` at config load, so the
 /// value is always valid; were it not, the header is left out rather than
 /// failing the response.
-fn push_text(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, text: &str) {
+fn push_text(out: &mut impl FnMut(HeaderName, HeaderValue), name: &HeaderName, text: &str) {
     if let Ok(value) = HeaderValue::from_str(text) {
-        out.push((name.clone(), value));
+        out(name.clone(), value);
     }
 }
 
@@ -190,11 +205,14 @@ mod tests {
         }
     }
 
-    /// The rendered headers as text, for comparing.
-    fn text(h: Vec<(HeaderName, HeaderValue)>) -> Vec<(String, String)> {
-        h.into_iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-            .collect()
+    /// The rendered headers as text, for comparing; checks `count` too.
+    fn text(style: HeaderStyle, decision: &Decision) -> Vec<(String, String)> {
+        let mut h = Vec::new();
+        render(style, decision, &rules(), |n, v| {
+            h.push((n.to_string(), v.to_str().unwrap().to_string()))
+        });
+        assert_eq!(h.len(), count(style, decision), "{style:?}");
+        h
     }
 
     fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -206,7 +224,7 @@ mod tests {
 
     #[test]
     fn x_ratelimit_style() {
-        let h = text(render(HeaderStyle::XRatelimit, &denied(), &rules()));
+        let h = text(HeaderStyle::XRatelimit, &denied());
         assert_eq!(
             h,
             owned(&[
@@ -220,7 +238,7 @@ mod tests {
 
     #[test]
     fn ietf_style() {
-        let h = text(render(HeaderStyle::Ietf, &denied(), &rules()));
+        let h = text(HeaderStyle::Ietf, &denied());
         let policy = "\"default\";q=100;w=1, \"auth\";q=20;w=60";
         assert!(h.contains(&owned(&[("ratelimit-policy", policy)])[0]));
         assert!(h.contains(&owned(&[("ratelimit", "\"auth\";r=0;t=42")])[0]));
@@ -231,7 +249,7 @@ mod tests {
     /// ever left out, and `MAX_HEADERS` is enough for the most there are.
     #[test]
     fn both_styles_render_every_header() {
-        let h = text(render(HeaderStyle::Both, &denied(), &rules()));
+        let h = text(HeaderStyle::Both, &denied());
         assert_eq!(h.len(), MAX_HEADERS);
         let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -249,8 +267,13 @@ mod tests {
 
     #[test]
     fn none_style_keeps_retry_after_only() {
-        let h = text(render(HeaderStyle::None, &denied(), &rules()));
+        let h = text(HeaderStyle::None, &denied());
         assert_eq!(h, owned(&[("retry-after", "3")]));
-        assert!(render(HeaderStyle::Both, &Decision::default(), &rules()).is_empty());
+        assert!(text(HeaderStyle::Both, &Decision::default()).is_empty());
+        let allowed = Decision {
+            denied: None,
+            ..denied()
+        };
+        assert_eq!(text(HeaderStyle::Both, &allowed).len(), MAX_HEADERS - 1);
     }
 }
