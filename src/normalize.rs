@@ -59,8 +59,12 @@ impl Envelope {
 /// `s` as a JSON string: one copy when nothing in it needs escaping,
 /// serde_json's escaping otherwise.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-    if plain {
+    // A fold rather than `all`: with no early exit the compiler checks 16
+    // bytes per step (SSE2) instead of one (~10 instructions per byte).
+    let escapes = s
+        .bytes()
+        .fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !escapes {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
