@@ -227,9 +227,10 @@ fn bench_headers(c: &mut Criterion) {
     let mut map = http::HeaderMap::with_capacity(8);
     for style in [HeaderStyle::XRatelimit, HeaderStyle::Both] {
         let name = format!("headers/{style:?}");
+        let renderer = rate_limit_headers::Renderer::new(style, &rules);
         let mut render_into_map = |d: &tollgate::rate_limit::Decision| {
             map.clear();
-            rate_limit_headers::render(style, d, &rules, |n, v| {
+            renderer.render(d, &rules, |n, v| {
                 map.insert(n, v);
             });
             black_box(map.len());

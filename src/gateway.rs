@@ -115,10 +115,10 @@ fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
 /// `X-Request-Id` and the rate-limit headers, with pre-parsed names and one
 /// reservation (room for `more` headers besides).
 fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) -> Result<()> {
-    let (style, decision) = (ctx.rt.header_style, &ctx.decision);
-    headers.reserve(1 + rate_limit_headers::count(style, decision) + more);
+    let (limit_headers, decision) = (&ctx.rt.rate_limit_headers, &ctx.decision);
+    headers.reserve(1 + limit_headers.count(decision) + more);
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.header_value());
-    rate_limit_headers::render(style, decision, &ctx.rt.rules, |name, value| {
+    limit_headers.render(decision, &ctx.rt.rules, |name, value| {
         headers.insert(name, value);
     });
     Ok(())

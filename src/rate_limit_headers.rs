@@ -24,6 +24,37 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The most headers one decision renders (`Retry-After` and both styles).
 pub const MAX_HEADERS: usize = 6;
 
+/// The rate-limit headers for one config: its style, and each rule's
+/// `X-RateLimit-Limit` value made once (a limit of 10,000 or more would
+/// otherwise be formatted and allocated on every response).
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    pub style: HeaderStyle,
+    limits: Vec<HeaderValue>,
+}
+
+impl Renderer {
+    pub fn new(style: HeaderStyle, rules: &[RuleSpec]) -> Renderer {
+        let limits = rules.iter().map(|r| int_value(r.limit)).collect();
+        Renderer { style, limits }
+    }
+
+    /// How many headers [`Renderer::render`] gives for `decision`.
+    pub fn count(&self, decision: &Decision) -> usize {
+        count(self.style, decision)
+    }
+
+    /// [`render`], with the rules' limits already made.
+    pub fn render(
+        &self,
+        decision: &Decision,
+        rules: &[RuleSpec],
+        out: impl FnMut(HeaderName, HeaderValue),
+    ) {
+        render_with(self.style, decision, rules, &self.limits, out)
+    }
+}
+
 /// How many headers [`render`] gives for a decision (to reserve room).
 pub fn count(style: HeaderStyle, decision: &Decision) -> usize {
     let retry = usize::from(decision.denied.is_some());
@@ -44,6 +75,17 @@ pub fn render(
     style: HeaderStyle,
     decision: &Decision,
     rules: &[RuleSpec],
+    out: impl FnMut(HeaderName, HeaderValue),
+) {
+    render_with(style, decision, rules, &[], out)
+}
+
+/// `limits`: each rule's limit as a value, when made in advance.
+fn render_with(
+    style: HeaderStyle,
+    decision: &Decision,
+    rules: &[RuleSpec],
+    limits: &[HeaderValue],
     mut out: impl FnMut(HeaderName, HeaderValue),
 ) {
     if let Some((_, retry_after)) = decision.denied {
@@ -53,7 +95,11 @@ pub fn render(
         return;
     };
     if matches!(style, HeaderStyle::XRatelimit | HeaderStyle::Both) {
-        out(X_RATELIMIT_LIMIT.clone(), int_value(t.limit));
+        let limit = limits.get(t.rule).cloned();
+        out(
+            X_RATELIMIT_LIMIT.clone(),
+            limit.unwrap_or_else(|| int_value(t.limit)),
+        );
         out(X_RATELIMIT_REMAINING.clone(), int_value(t.remaining));
         out(X_RATELIMIT_RESET.clone(), int_value(t.reset_secs));
     }
@@ -263,6 +309,26 @@ mod tests {
                 "ratelimit"
             ]
         );
+    }
+
+    #[test]
+    fn renderer_matches_render() {
+        let mut big = rules();
+        big[1].limit = 1_000_000;
+        let mut d = denied();
+        d.tightest.as_mut().unwrap().limit = 1_000_000;
+        for style in [
+            HeaderStyle::XRatelimit,
+            HeaderStyle::Both,
+            HeaderStyle::None,
+        ] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            render(style, &d, &big, |n, v| a.push((n, v)));
+            let r = Renderer::new(style, &big);
+            r.render(&d, &big, |n, v| b.push((n, v)));
+            assert_eq!(a, b, "{style:?}");
+            assert_eq!(b.len(), r.count(&d));
+        }
     }
 
     #[test]

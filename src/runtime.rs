@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client_ip::ClientIpResolver;
-use crate::config::{Backend, Config, HeaderStyle};
+use crate::config::{Backend, Config};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::ErrorTable;
 use crate::rate_limit::{RateLimiter, RuleSpec};
+use crate::rate_limit_headers;
 use crate::redis_limiter::{RedisLimiter, RedisTarget};
 use crate::routes::RouteTable;
 
@@ -34,7 +35,7 @@ pub struct Runtime {
     pub rules: Vec<RuleSpec>,
     /// Per rule, in rule order.
     pub rate_limited: Vec<prometheus::IntCounter>,
-    pub header_style: HeaderStyle,
+    pub rate_limit_headers: rate_limit_headers::Renderer,
     pub errors: ErrorTable,
     pub max_error_body: usize,
     pub max_request_body: u64,
@@ -131,6 +132,7 @@ impl Runtime {
                     .map(Arc::new)
             })
             .flatten();
+        let rate_limit_headers = rate_limit_headers::Renderer::new(f.rate_limit.headers, &rules);
         Runtime {
             redis,
             upstream: UpstreamSettings {
@@ -147,7 +149,7 @@ impl Runtime {
             limiter,
             rules,
             rate_limited,
-            header_style: f.rate_limit.headers,
+            rate_limit_headers,
             errors: ErrorTable::new(cfg.status_overrides.clone()),
             max_error_body: f.errors.max_body_bytes,
             max_request_body: f.server.max_request_body_bytes,
