@@ -2,11 +2,12 @@
 //! draft-11 `RateLimit`/`RateLimit-Policy` pair, both, or none. 429s also
 //! get `Retry-After`, whatever the style.
 //!
-//! They come out as ready `http` names and values: the names are parsed at
-//! compile time, integers below 10,000 are slices of a static table, and
-//! other values are formatted on the stack and copied once, and each goes
-//! straight to the caller (into the response's header map): a response
-//! with `X-RateLimit-*` headers below 10,000 allocates nothing for them.
+//! They come out as ready `http` names and values, straight to the caller
+//! (into the response's header map): names are parsed at compile time,
+//! integers below 10,000 are slices of a static table, each rule's limit is
+//! made once per config, and other values are formatted on the stack and
+//! copied once. A response with `X-RateLimit-*` values below 10,000
+//! allocates nothing for them.
 
 use std::fmt::Write;
 
@@ -26,10 +27,11 @@ pub const MAX_HEADERS: usize = 6;
 
 /// The rate-limit headers for one config: its style, and each rule's
 /// `X-RateLimit-Limit` value made once (a limit of 10,000 or more would
-/// otherwise be formatted and allocated on every response).
+/// otherwise be formatted and allocated on every response). Built with the
+/// config's rules and always given those same rules.
 #[derive(Debug, Clone)]
 pub struct Renderer {
-    pub style: HeaderStyle,
+    style: HeaderStyle,
     limits: Vec<HeaderValue>,
 }
 
@@ -39,95 +41,71 @@ impl Renderer {
         Renderer { style, limits }
     }
 
-    /// How many headers [`Renderer::render`] gives for `decision`.
+    /// How many headers [`Renderer::render`] gives for `decision` (to
+    /// reserve room for them).
     pub fn count(&self, decision: &Decision) -> usize {
-        count(self.style, decision)
+        let retry = usize::from(decision.denied.is_some());
+        if decision.tightest.is_none() {
+            return retry;
+        }
+        retry
+            + match self.style {
+                HeaderStyle::XRatelimit => 3,
+                HeaderStyle::Ietf => 2,
+                HeaderStyle::Both => 5,
+                HeaderStyle::None => 0,
+            }
     }
 
-    /// [`render`], with the rules' limits already made.
+    /// Headers for a decision, handed to `out` in the order they should be
+    /// sent.
     pub fn render(
         &self,
         decision: &Decision,
         rules: &[RuleSpec],
-        out: impl FnMut(HeaderName, HeaderValue),
+        mut out: impl FnMut(HeaderName, HeaderValue),
     ) {
-        render_with(self.style, decision, rules, &self.limits, out)
-    }
-}
-
-/// How many headers [`render`] gives for a decision (to reserve room).
-pub fn count(style: HeaderStyle, decision: &Decision) -> usize {
-    let retry = usize::from(decision.denied.is_some());
-    if decision.tightest.is_none() {
-        return retry;
-    }
-    retry
-        + match style {
-            HeaderStyle::XRatelimit => 3,
-            HeaderStyle::Ietf => 2,
-            HeaderStyle::Both => 5,
-            HeaderStyle::None => 0,
+        if let Some((_, retry_after)) = decision.denied {
+            out(RETRY_AFTER, int_value(retry_after));
         }
-}
-
-/// Headers for a decision, handed to `out` in the order they should be sent.
-pub fn render(
-    style: HeaderStyle,
-    decision: &Decision,
-    rules: &[RuleSpec],
-    out: impl FnMut(HeaderName, HeaderValue),
-) {
-    render_with(style, decision, rules, &[], out)
-}
-
-/// `limits`: each rule's limit as a value, when made in advance.
-fn render_with(
-    style: HeaderStyle,
-    decision: &Decision,
-    rules: &[RuleSpec],
-    limits: &[HeaderValue],
-    mut out: impl FnMut(HeaderName, HeaderValue),
-) {
-    if let Some((_, retry_after)) = decision.denied {
-        out(RETRY_AFTER, int_value(retry_after));
-    }
-    let Some(t) = decision.tightest else {
-        return;
-    };
-    if matches!(style, HeaderStyle::XRatelimit | HeaderStyle::Both) {
-        let limit = limits.get(t.rule).cloned();
-        out(
-            X_RATELIMIT_LIMIT.clone(),
-            limit.unwrap_or_else(|| int_value(t.limit)),
-        );
-        out(X_RATELIMIT_REMAINING.clone(), int_value(t.remaining));
-        out(X_RATELIMIT_RESET.clone(), int_value(t.reset_secs));
-    }
-    if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        // One scratch string for both values; each is copied out at its size.
-        let mut text = String::with_capacity(128);
-        for i in decision.matched.iter() {
-            let Some(rule) = rules.get(i) else { continue };
-            if !text.is_empty() {
-                text.push_str(", ");
+        let Some(t) = decision.tightest else {
+            return;
+        };
+        if matches!(self.style, HeaderStyle::XRatelimit | HeaderStyle::Both) {
+            let limit = self.limits.get(t.rule).cloned();
+            out(
+                X_RATELIMIT_LIMIT.clone(),
+                limit.unwrap_or_else(|| int_value(t.limit)),
+            );
+            out(X_RATELIMIT_REMAINING.clone(), int_value(t.remaining));
+            out(X_RATELIMIT_RESET.clone(), int_value(t.reset_secs));
+        }
+        if matches!(self.style, HeaderStyle::Ietf | HeaderStyle::Both) {
+            // One scratch string for both values; each is copied out at its size.
+            let mut text = String::with_capacity(128);
+            for i in decision.matched.iter() {
+                let Some(rule) = rules.get(i) else { continue };
+                if !text.is_empty() {
+                    text.push_str(", ");
+                }
+                let _ = write!(
+                    text,
+                    "\"{}\";q={};w={}",
+                    rule.name,
+                    rule.limit,
+                    rule.window_secs()
+                );
             }
-            let _ = write!(
-                text,
-                "\"{}\";q={};w={}",
-                rule.name,
-                rule.limit,
-                rule.window_secs()
-            );
-        }
-        push_text(&mut out, &RATELIMIT_POLICY, &text);
-        if let Some(rule) = rules.get(t.rule) {
-            text.clear();
-            let _ = write!(
-                text,
-                "\"{}\";r={};t={}",
-                rule.name, t.remaining, t.reset_secs
-            );
-            push_text(&mut out, &RATELIMIT, &text);
+            push_text(&mut out, &RATELIMIT_POLICY, &text);
+            if let Some(rule) = rules.get(t.rule) {
+                text.clear();
+                let _ = write!(
+                    text,
+                    "\"{}\";r={};t={}",
+                    rule.name, t.remaining, t.reset_secs
+                );
+                push_text(&mut out, &RATELIMIT, &text);
+            }
         }
     }
 }
@@ -252,13 +230,22 @@ mod tests {
     }
 
     /// The rendered headers as text, for comparing; checks `count` too.
-    fn text(style: HeaderStyle, decision: &Decision) -> Vec<(String, String)> {
+    fn text_with(
+        style: HeaderStyle,
+        decision: &Decision,
+        rules: &[RuleSpec],
+    ) -> Vec<(String, String)> {
+        let renderer = Renderer::new(style, rules);
         let mut h = Vec::new();
-        render(style, decision, &rules(), |n, v| {
+        renderer.render(decision, rules, |n, v| {
             h.push((n.to_string(), v.to_str().unwrap().to_string()))
         });
-        assert_eq!(h.len(), count(style, decision), "{style:?}");
+        assert_eq!(h.len(), renderer.count(decision), "{style:?}");
         h
+    }
+
+    fn text(style: HeaderStyle, decision: &Decision) -> Vec<(String, String)> {
+        text_with(style, decision, &rules())
     }
 
     fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -311,24 +298,23 @@ mod tests {
         );
     }
 
+    /// A limit past the static table, made once at load, reads the same
+    /// as the decision's own limit formatted per response would.
     #[test]
-    fn renderer_matches_render() {
+    fn limits_made_at_load_match_the_decision() {
         let mut big = rules();
         big[1].limit = 1_000_000;
         let mut d = denied();
         d.tightest.as_mut().unwrap().limit = 1_000_000;
-        for style in [
-            HeaderStyle::XRatelimit,
-            HeaderStyle::Both,
-            HeaderStyle::None,
-        ] {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            render(style, &d, &big, |n, v| a.push((n, v)));
-            let r = Renderer::new(style, &big);
-            r.render(&d, &big, |n, v| b.push((n, v)));
-            assert_eq!(a, b, "{style:?}");
-            assert_eq!(b.len(), r.count(&d));
+        for style in [HeaderStyle::XRatelimit, HeaderStyle::Both] {
+            let h = text_with(style, &d, &big);
+            let limit = owned(&[("x-ratelimit-limit", "1000000")]);
+            assert!(h.contains(&limit[0]), "{style:?}: {h:?}");
         }
+        assert_eq!(
+            text_with(HeaderStyle::None, &d, &big),
+            owned(&[("retry-after", "3")])
+        );
     }
 
     #[test]
