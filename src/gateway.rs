@@ -79,6 +79,7 @@ pub struct Ctx {
     request_bytes: u64,
     upstream_sent: Option<Instant>,
     upstream_status: Option<u16>,
+    // Boxed: both are rare, and a `Ctx` is moved with every request.
     pending: Option<Box<PendingError>>,
     sent: Option<Box<SentError>>,
     retry_after: Option<u64>,
@@ -102,10 +103,8 @@ fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
         .map(str::to_owned);
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
-    let inserted = insert_own_headers(&mut parts.headers, ctx, 0);
-    // Put the upstream's response back even if an insert failed.
+    insert_own_headers(&mut parts.headers, ctx, 0);
     *resp = ResponseHeader::from(parts);
-    inserted?;
     if reason.is_some() {
         resp.set_reason_phrase(reason.as_deref())?;
     }
@@ -114,14 +113,13 @@ fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
 
 /// `X-Request-Id` and the rate-limit headers, with pre-parsed names and one
 /// reservation (room for `more` headers besides).
-fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) -> Result<()> {
+fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) {
     let (limit_headers, decision) = (&ctx.rt.rate_limit_headers, &ctx.decision);
     headers.reserve(1 + limit_headers.count(decision) + more);
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.header_value());
     limit_headers.render(decision, &ctx.rt.rules, |name, value| {
         headers.insert(name, value);
     });
-    Ok(())
 }
 
 /// The `X-Forwarded-For` chain for the upstream: the values the request
@@ -176,7 +174,7 @@ fn header_str(h: &ResponseHeader, name: http::header::HeaderName) -> Option<&str
 }
 
 impl Gateway {
-    /// Answer with a gateway-made error envelope (429, 413).
+    /// Answer with a gateway-made error envelope (429, 413, 503).
     async fn respond(
         &self,
         session: &mut Session,
@@ -195,7 +193,7 @@ impl Gateway {
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = http::StatusCode::from_u16(status)
             .or_err(ErrorType::InternalError, "gateway status")?;
-        insert_own_headers(&mut parts.headers, ctx, 4)?;
+        insert_own_headers(&mut parts.headers, ctx, 4);
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -11,14 +11,15 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 /// 1 to 128 characters from `A-Z a-z 0-9 - _ . :`.
-pub fn is_sane(id: &[u8]) -> bool {
+fn is_sane(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())
         && id
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// A request's id: sane by construction, so always ASCII text.
+/// A request's id: sane by construction, so always ASCII text. The
+/// default, empty, stands until the request is identified.
 #[derive(Debug, Clone)]
 pub struct RequestId(HeaderValue);
 
