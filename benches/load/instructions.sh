@@ -7,6 +7,8 @@
 #   defaults 4000 /ok 1000000000; LIMIT is tollgate's per-IP rule: with 1,
 #   every counted request is a 429 answered by tollgate itself (the bare
 #   proxy still proxies, so only tollgate's figure means anything then).
+# NGINX (the harness's proxy config; limit_req at 1r/m when LIMIT is 1) is
+# counted too, as the reference an operator would otherwise deploy.
 # Set BARE_TIMEOUTS=1 to give the bare proxy tollgate's upstream timeouts.
 # Set KEEP_CALLGRIND=DIR to keep the callgrind files there for
 # callgrind_annotate. Needs valgrind (callgrind_annotate), nginx and python3; builds release.
@@ -80,6 +82,14 @@ tg_port=$(free_port)
 sed -e "s#__PORT__#$tg_port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
   -e "s#__LIMIT__#$limit#g" -e "s#__THREADS__#1#g" benches/load/tollgate.toml > "$work/tollgate.toml"
 TOLLGATE_LOG=error count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
+# NGINX as the harness runs it (limit_req at 1r/m when LIMIT is 1), without
+# its master process so that the counted process is the one serving.
+nginx_port=$(free_port)
+rate="1000000r/s" burst="burst=1000000 nodelay"
+[ "$limit" = 1 ] && { rate="1r/m"; burst=""; }
+sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$nginx_port#g" -e "s#__UPSTREAM__#$up_port#g" \
+  -e "s#__RATE__#$rate#g" -e "s#__BURST__#$burst#g" benches/load/nginx-proxy.conf > "$work/proxy.conf"
+count nginx "$nginx_port" -- nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;"
 
 if [ -n "${KEEP_CALLGRIND:-}" ]; then
   mkdir -p "$KEEP_CALLGRIND" && cp "$work"/cg.* "$KEEP_CALLGRIND"/
@@ -88,8 +98,9 @@ python3 - "$work/totals" "$requests" <<'PY'
 import sys
 totals = dict(l.split() for l in open(sys.argv[1]))
 n = int(sys.argv[2])
-bare, tg = int(totals["bare"]) / n, int(totals["tollgate"]) / n
-print(f"instructions per request: bare Pingora {bare:,.0f}, tollgate {tg:,.0f}, ratio {tg / bare:.2f}")
+bare, tg, ngx = (int(totals[k]) / n for k in ("bare", "tollgate", "nginx"))
+print(f"instructions per request: bare Pingora {bare:,.0f}, tollgate {tg:,.0f}, ratio {tg / bare:.2f}; "
+      f"NGINX {ngx:,.0f} (tollgate / NGINX {tg / ngx:.2f})")
 PY
 echo "tollgate's own hooks (inclusive instructions over $requests requests):"
 callgrind_annotate --inclusive=yes "$(ls "$work"/cg.tollgate.* | grep -v 'cg.tollgate$' | tail -n 1)" 2>/dev/null \

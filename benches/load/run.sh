@@ -128,6 +128,9 @@ stop_target() {
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Connections the upstream has accepted so far (its stub_status, over a
+# connection of its own that this count includes).
+upstream_accepts() { curl -s "http://127.0.0.1:$up_port/nginx_status" | awk 'NR == 3 {print $1}'; }
 
 # run_case TARGET SCENARIO CONNS REP
 run_case() {
@@ -146,16 +149,19 @@ run_case() {
   if [ "$name" = direct ] || [ "$name" = nginx ]; then
     measured=$(pgrep -P "$target_pid" | head -n 1)
   fi
-  local before after
+  local before after accepts_before accepts_after
+  accepts_before=$(upstream_accepts)
   before=$(cpu_ticks "$measured")
   $pin_load wrk -t1 -c"$c" -d"${duration}s" --latency "$url" > "$work/wrk.txt" 2>&1
   after=$(cpu_ticks "$measured")
+  accepts_after=$(upstream_accepts)
   local rss
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$measured/status")
-  python3 - "$work/wrk.txt" "$name" "$scenario" "$c" "$rep" "$((after - before))" "$clk" "$rss" "$duration" >> "$results" <<'PY'
+  python3 - "$work/wrk.txt" "$name" "$scenario" "$c" "$rep" "$((after - before))" "$clk" "$rss" "$duration" \
+    "$((accepts_after - accepts_before - 1))" >> "$results" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
-name, scenario, conns, rep, ticks, clk, rss, dur = sys.argv[2:]
+name, scenario, conns, rep, ticks, clk, rss, dur, accepts = sys.argv[2:]
 def unit(v, u):
     return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[u]
 reqs = int(re.search(r"(\d+) requests in", text).group(1))
@@ -165,14 +171,15 @@ bad = int(bad.group(1)) if bad else 0
 errors = re.search(r"Socket errors: (.*)", text)
 cpu_us = int(ticks) * 1e6 / int(clk) / max(reqs, 1)
 print("\t".join(map(str, [name, scenario, conns, rep, f"{reqs / float(dur):.0f}", f"{lat.get('50', 0):.3f}",
-      f"{lat.get('99', 0):.3f}", f"{cpu_us:.1f}", int(rss) // 1024, bad, (errors.group(1).strip() if errors else "-")])))
+      f"{lat.get('99', 0):.3f}", f"{cpu_us:.1f}", int(rss) // 1024, bad, (errors.group(1).strip() if errors else "-"),
+      f"{int(accepts) * 1000 / max(reqs, 1):.1f}"])))
 PY
   stop_target
   tail -n 1 "$results" >&2
 }
 
-printf 'target\tscenario\tconns\trep\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tpeak_rss_mb\tnon_2xx\tsocket_errors\n' > "$results"
-echo "target scenario conns rep req/s p50_ms p99_ms cpu_us/req rss_mb non2xx socket_errors" >&2
+printf 'target\tscenario\tconns\trep\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tpeak_rss_mb\tnon_2xx\tsocket_errors\tupstream_conns_per_1k\n' > "$results"
+echo "target scenario conns rep req/s p50_ms p99_ms cpu_us/req rss_mb non2xx socket_errors upstream_conns/1k_req" >&2
 for c in $conns; do
   for scenario in $scenarios; do
     for rep in $(seq "$repeats"); do
@@ -192,17 +199,17 @@ med = {}
 for key in {(r["scenario"], r["conns"], r["target"]) for r in rows}:
     sel = [r for r in rows if (r["scenario"], r["conns"], r["target"]) == key]
     med[key] = {f: statistics.median(float(r[f]) for r in sel)
-                for f in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "peak_rss_mb")}
+                for f in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "peak_rss_mb", "upstream_conns_per_1k")}
 print()
-print("| scenario | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | CPU vs nginx | CPU vs bare |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | upstream conns / 1k req | CPU vs nginx | CPU vs bare |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for (scenario, conns, target) in sorted(med, key=lambda k: (k[0], int(k[1]), k[2])):
     m = med[(scenario, conns, target)]
     def ratio(other):
         o = med.get((scenario, conns, other))
         return f"{m['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}" if o and o["cpu_us_per_req"] else "-"
     print(f"| {scenario} | {conns} | {target} | {m['req_per_s']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
-          f"{m['cpu_us_per_req']:.1f} | {m['peak_rss_mb']:.0f} | {ratio('nginx')} | {ratio('bare')} |")
+          f"{m['cpu_us_per_req']:.1f} | {m['peak_rss_mb']:.0f} | {m['upstream_conns_per_1k']:.1f} | {ratio('nginx')} | {ratio('bare')} |")
 for conns in sorted({k[1] for k in med}, key=int):
     ok = med.get(("ok", conns, "tollgate"))
     for scenario, label in (("err", "422 normalized"), ("limited", "429 from the gateway")):
