@@ -122,6 +122,25 @@ fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) {
     });
 }
 
+/// The same headers as [`insert_own_headers`], as HTTP/1 header lines.
+fn write_own_fields(out: &mut Vec<u8>, ctx: &Ctx) {
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    line(
+        X_REQUEST_ID.as_str().as_bytes(),
+        ctx.request_id.as_str().as_bytes(),
+    );
+    ctx.rt
+        .rate_limit_headers
+        .render(&ctx.decision, &ctx.rt.rules, |name, value| {
+            line(name.as_str().as_bytes(), value.as_bytes())
+        });
+}
+
 /// The `X-Forwarded-For` chain for the upstream: the values the request
 /// came with (those that are text), then the peer's address. Built in one
 /// exact-size allocation, with IPv4 written without `core::fmt` (which
@@ -175,25 +194,49 @@ fn header_str(h: &ResponseHeader, name: http::header::HeaderName) -> Option<&str
 
 impl Gateway {
     /// Answer with a gateway-made error envelope (429, 413, 503).
+    ///
+    /// Over HTTP/1 the header fields are written straight to bytes and the
+    /// whole response leaves through `write_prepared_response` (vendor
+    /// patch 7): no header map is built, filled and serialized again, which
+    /// was most of a 429's cost. Over HTTP/2 it goes through a
+    /// `ResponseHeader`. The bytes on the wire are the same either way.
     async fn respond(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         status: u16,
-        message: &str,
+        message: Cow<'static, str>,
         details: Value,
     ) -> Result<()> {
+        let code = http::StatusCode::from_u16(status)
+            .or_err(ErrorType::InternalError, "gateway status")?;
         let envelope =
             ctx.rt
                 .errors
                 .gateway_error(status, message, ctx.request_id.as_str(), details);
-        let body = Bytes::from(envelope.to_json());
-        // Built as plain `http` parts: no case map, names pre-parsed (see
-        // `add_response_headers`). Pingora adds Date and Connection.
+        let body = envelope.to_json();
+        ctx.sent = Some(Box::new(SentError {
+            envelope,
+            source: None,
+            upstream_ref: None,
+        }));
+        let mut fields = Vec::with_capacity(256);
+        write_own_fields(&mut fields, ctx);
+        fields.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+        fields.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        fields.extend_from_slice(b"\r\n");
+        if session
+            .downstream_session
+            .write_prepared_response(code, &fields, &body)
+            .await?
+        {
+            return Ok(());
+        }
+        // HTTP/2: plain `http` parts (no case map, names pre-parsed, see
+        // `add_response_headers`). Pingora adds Date.
         let mut parts = http::Response::new(()).into_parts().0;
-        parts.status = http::StatusCode::from_u16(status)
-            .or_err(ErrorType::InternalError, "gateway status")?;
-        insert_own_headers(&mut parts.headers, ctx, 4);
+        parts.status = code;
+        insert_own_headers(&mut parts.headers, ctx, 2);
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -201,16 +244,11 @@ impl Gateway {
             .headers
             .insert(CONTENT_LENGTH, rate_limit_headers::int_value(body.len()));
         let h = ResponseHeader::from(parts);
-        ctx.sent = Some(Box::new(SentError {
-            envelope,
-            source: None,
-            upstream_ref: None,
-        }));
         if ctx.head {
             session.write_response_header(Box::new(h), true).await
         } else {
             session.write_response_header(Box::new(h), false).await?;
-            session.write_response_body(Some(body), true).await
+            session.write_response_body(Some(body.into()), true).await
         }
     }
 
@@ -448,7 +486,7 @@ impl ProxyHttp for Gateway {
         let Some(r) = refusal.or_else(|| self.check_body_size(session, ctx)) else {
             return Ok(false);
         };
-        Box::pin(self.respond(session, ctx, r.status, &r.message, r.details)).await?;
+        Box::pin(self.respond(session, ctx, r.status, r.message, r.details)).await?;
         Ok(true)
     }
 
@@ -635,10 +673,12 @@ impl ProxyHttp for Gateway {
             }
         }
         if code > 0 && session.response_written().is_none() {
-            let envelope =
-                ctx.rt
-                    .errors
-                    .gateway_error(code, message, ctx.request_id.as_str(), Value::Null);
+            let envelope = ctx.rt.errors.gateway_error(
+                code,
+                message.into(),
+                ctx.request_id.as_str(),
+                Value::Null,
+            );
             let body = Bytes::from(envelope.to_json());
             if let Ok(mut h) = ResponseHeader::build(code, Some(4)) {
                 let _ = h.insert_header(CONTENT_TYPE, "application/json");
@@ -691,9 +731,9 @@ impl ProxyHttp for Gateway {
             upstream_status: ctx.upstream_status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             retry_after: ctx.retry_after,
-            error_type: sent.map(|s| s.envelope.kind.as_str()),
-            error_code: sent.map(|s| s.envelope.code.as_str()),
-            error_message: sent.map(|s| s.envelope.message.as_str()),
+            error_type: sent.map(|s| s.envelope.kind.as_ref()),
+            error_code: sent.map(|s| s.envelope.code.as_ref()),
+            error_message: sent.map(|s| s.envelope.message.as_ref()),
             upstream_ref: sent.and_then(|s| s.upstream_ref.as_deref()),
             error_source: sent.and_then(|s| s.source).map(Source::as_str),
             failure: ctx.failure.map(FailureKind::as_str),

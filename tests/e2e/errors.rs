@@ -324,6 +324,11 @@ fn oversized_bodies_are_413_and_never_reach_the_upstream() {
         .expect("a response");
     assert_eq!(r.status, 413);
     assert_eq!(envelope(&r)["code"], "payload_too_large");
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "the unread body makes the connection unusable"
+    );
 
     // Chunked, found too large on the way: held back, then refused.
     let mut c = gw.connect();

@@ -56,6 +56,61 @@ fn tighter_rule_applies_to_its_methods_only() {
     assert_eq!(r.status, 429, "auth allows 2");
 }
 
+/// tollgate writes its own answers as prepared bytes over HTTP/1 and
+/// through a header map over HTTP/2: both carry the same headers and
+/// envelope, a HEAD gets the header only, and the connection stays usable.
+#[test]
+fn the_gateways_own_429_is_whole_over_http1_and_http2() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", RULES);
+    let client = [("x-forwarded-for", "198.51.100.20")];
+    let mut c = gw.connect();
+    for _ in 0..3 {
+        assert_eq!(c.send("GET", "/hello", &client, b"").unwrap().status, 200);
+    }
+    let before = up.requests_seen();
+    let mut ids = Vec::new();
+    for method in ["GET", "HEAD", "GET"] {
+        let r = c.send(method, "/hello", &client, b"").unwrap();
+        assert_eq!(r.status, 429, "{method}");
+        let id = r.header("x-request-id").expect("x-request-id").to_string();
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert!(r.header("date").is_some());
+        assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        assert!(r.header("retry-after").is_some());
+        if method == "HEAD" {
+            assert!(r.body.is_empty());
+            assert!(r.header("content-length").is_some());
+        } else {
+            let e = envelope(&r);
+            assert_eq!(e["request_id"], id.as_str());
+            assert_eq!(
+                r.header("content-length"),
+                Some(r.body.len().to_string().as_str())
+            );
+        }
+        ids.push(id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "one id per answer");
+    assert_eq!(up.requests_seen(), before, "refused requests stay here");
+
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-D", "-"])
+        .args(["-H", "x-forwarded-for: 198.51.100.20"])
+        .arg(format!("http://127.0.0.1:{}/hello", gw.port))
+        .output()
+        .expect("run curl (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 429"), "{text}");
+    assert!(text.contains("x-ratelimit-remaining: 0\r\n"), "{text}");
+    assert!(text.contains("retry-after: "), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}
+
 #[test]
 fn spoofed_forwarded_for_from_untrusted_peer_is_ignored() {
     let up = Upstream::start();

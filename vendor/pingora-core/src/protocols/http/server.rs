@@ -206,6 +206,25 @@ impl Session {
         }
     }
 
+    /// tollgate patch: a whole response with its header fields already
+    /// serialized (see `v1::server::HttpSession::write_prepared_response`).
+    /// HTTP/1 only: returns `Ok(false)`, having written nothing, for other
+    /// sessions, which need a `ResponseHeader`.
+    pub async fn write_prepared_response(
+        &mut self,
+        status: http::StatusCode,
+        fields: &[u8],
+        body: &[u8],
+    ) -> Result<bool> {
+        match self {
+            Self::H1(s) => {
+                s.write_prepared_response(status, fields, body).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Similar to `write_response_header()`, this fn will clone the `resp` internally
     pub async fn write_response_header_ref(&mut self, resp: &ResponseHeader) -> Result<()> {
         match self {

@@ -1300,6 +1300,13 @@ impl BodyWriter {
         self.body_mode = BM::ContentLength(cl, 0);
     }
 
+    /// tollgate patch: a body of `cl` bytes that the caller has written to
+    /// the stream itself, with the header (see
+    /// `HttpSession::write_prepared_response`).
+    pub(crate) fn init_content_length_written(&mut self, cl: usize) {
+        self.body_mode = BM::ContentLength(cl, cl);
+    }
+
     pub fn convert_to_close_delimited(&mut self) {
         if matches!(self.body_mode, BodyMode::UntilClose(_)) {
             // nothing to do, already in close-delimited mode
