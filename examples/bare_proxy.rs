@@ -5,6 +5,7 @@
 //! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts]`
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 
@@ -47,13 +48,15 @@ fn main() {
         threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
+        // The same runtime and listener settings as tollgate's (src/server.rs).
+        work_stealing: threads > 1,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut proxy =
         pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, timeouts });
-    proxy.add_tcp(&listen);
+    proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(proxy);
     server.run_forever();
 }
