@@ -48,14 +48,13 @@ fn main() {
         threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
-        // The same runtime and listener settings as tollgate's (src/server.rs).
-        work_stealing: threads > 1,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut proxy =
         pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, timeouts });
+    // The same listener setting as tollgate's (src/server.rs).
     proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(proxy);
     server.run_forever();

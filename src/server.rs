@@ -101,10 +101,6 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
         graceful_shutdown_timeout_seconds: Some(1),
         ca_file: (!f.upstream.ca_file.is_empty()).then(|| f.upstream.ca_file.clone()),
         upgrade_sock: f.server.upgrade_sock.clone(),
-        // One thread has nothing to steal from: Pingora then runs it as
-        // tokio's single-thread scheduler, ~2,000 fewer instructions per
-        // proxied request at 64 connections (docs/performance.md).
-        work_stealing: f.server.threads > 1,
         ..ServerConf::default()
     };
     let opt = Opt {
