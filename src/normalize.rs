@@ -15,11 +15,11 @@ use serde_json::{Map, Value};
 use crate::config::StatusOverride;
 
 /// The canonical envelope, `{"error": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
 ///
 /// Type, code and message borrow the gateway's fixed text (the status
 /// table, its own messages) and own only what came from the upstream or
 /// an override: a 429 allocates none of them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Envelope {
     #[serde(rename = "type")]
     pub kind: Cow<'static, str>,

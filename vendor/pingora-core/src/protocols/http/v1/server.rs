@@ -707,9 +707,9 @@ impl HttpSession {
     /// which are added here as [`Self::write_response_header`] adds them.
     /// The body is not sent for a HEAD request. No header map is built and
     /// serialized: this is for the small responses a proxy makes itself
-    /// (a 429 costs ~2,500 fewer instructions than through a
-    /// `ResponseHeader`). `response_written` then records the status
-    /// only, without the fields.
+    /// (tollgate's 429 went from ~24,300 to ~19,800 instructions with it).
+    /// `response_written` then records the status only, without the
+    /// fields.
     pub async fn write_prepared_response(
         &mut self,
         status: http::StatusCode,
