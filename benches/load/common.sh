@@ -1,5 +1,6 @@
 # Shared by the load scripts (sourced): a scratch directory and the
-# processes to stop on exit, free loopback ports, waiting for a listener.
+# processes to stop on exit, free loopback ports, waiting for a listener,
+# the tool check, the upstream and the proxies' configs.
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -17,4 +18,41 @@ wait_port() {
     sleep 0.05
   done
   echo "nothing listens on $1" >&2; return 1
+}
+
+# need TOOL...: stop with a message when one is missing.
+need() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$tool is needed (scripts/deps.sh installs it)" >&2; exit 1; }
+  done
+}
+
+# start_upstream [PREFIX...]: the upstream NGINX (a fixed 200 and 422 JSON)
+# for the whole run, started under PREFIX (e.g. taskset); sets up_port and
+# up_pid.
+start_upstream() {
+  up_port=$(free_port)
+  sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$up_port#g" benches/load/nginx-upstream.conf > "$work/upstream.conf"
+  "$@" nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
+  up_pid=$!
+  pids+=("$up_pid")
+  wait_port "$up_port"
+}
+
+# tollgate_config PORT LIMIT THREADS: $work/tollgate.toml, tollgate in
+# front of the upstream with a per-IP rule of LIMIT requests a minute.
+tollgate_config() {
+  sed -e "s#__PORT__#$1#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
+    -e "s#__LIMIT__#$2#g" -e "s#__THREADS__#$3#g" benches/load/tollgate.toml > "$work/tollgate.toml"
+}
+
+# nginx_proxy_config PORT LIMITED: $work/proxy.conf, NGINX proxying to the
+# upstream with a per-IP limit_req that never triggers, or, when LIMITED is
+# 1, allows one request a minute (limit_req counts in milliseconds, so the
+# pass-through case needs a burst allowance at any rate).
+nginx_proxy_config() {
+  local rate="1000000r/s" burst="burst=1000000 nodelay"
+  if [ "$2" = 1 ]; then rate="1r/m"; burst=""; fi
+  sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$1#g" -e "s#__UPSTREAM__#$up_port#g" \
+    -e "s#__RATE__#$rate#g" -e "s#__BURST__#$burst#g" benches/load/nginx-proxy.conf > "$work/proxy.conf"
 }

@@ -17,13 +17,10 @@ cd "$(dirname "$0")/../.."
 requests=${1:-4000}
 path=${2:-/ok}
 limit=${3:-1000000000}
-for tool in valgrind callgrind_annotate callgrind_control nginx python3; do
-  command -v $tool >/dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
+. benches/load/common.sh
+need valgrind callgrind_annotate callgrind_control nginx python3
 cargo build --release --bin tollgate --example bare_proxy >&2
 dir=${CARGO_TARGET_DIR:-target}/release
-
-. benches/load/common.sh
 
 # Keep-alive client: REQUESTS requests over 4 connections, waits for each answer.
 cat > "$work/client.py" <<'PY'
@@ -52,11 +49,7 @@ for _ in range(n // len(conns)):
         bufs[i] = answer(s, bufs[i])
 PY
 
-up_port=$(free_port)
-sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$up_port#g" benches/load/nginx-upstream.conf > "$work/upstream.conf"
-nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
-pids+=($!)
-wait_port "$up_port"
+start_upstream
 
 # count NAME PORT -- CMD...: run CMD under callgrind, warm up, zero, send, dump.
 count() {
@@ -79,16 +72,12 @@ count() {
 bare_port=$(free_port)
 count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts}
 tg_port=$(free_port)
-sed -e "s#__PORT__#$tg_port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
-  -e "s#__LIMIT__#$limit#g" -e "s#__THREADS__#1#g" benches/load/tollgate.toml > "$work/tollgate.toml"
+tollgate_config "$tg_port" "$limit" 1
 TOLLGATE_LOG=error count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
 # NGINX as the harness runs it (limit_req at 1r/m when LIMIT is 1), without
 # its master process so that the counted process is the one serving.
 nginx_port=$(free_port)
-rate="1000000r/s" burst="burst=1000000 nodelay"
-[ "$limit" = 1 ] && { rate="1r/m"; burst=""; }
-sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$nginx_port#g" -e "s#__UPSTREAM__#$up_port#g" \
-  -e "s#__RATE__#$rate#g" -e "s#__BURST__#$burst#g" benches/load/nginx-proxy.conf > "$work/proxy.conf"
+nginx_proxy_config "$nginx_port" "$limit"
 count nginx "$nginx_port" -- nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;"
 
 if [ -n "${KEEP_CALLGRIND:-}" ]; then

@@ -21,27 +21,20 @@ path=${2:?path: /ok or /err}
 conns=${3:?connections}
 limit=${4:-1000000000}
 seconds=${5:-15}
-for tool in valgrind callgrind_control nginx wrk python3; do
-  command -v $tool >/dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
+. benches/load/common.sh
+need valgrind callgrind_control nginx wrk python3
 cargo build --release --bin tollgate --example bare_proxy >&2
 dir=${CARGO_TARGET_DIR:-target}/release
-. benches/load/common.sh
 ulimit -n 65536 2>/dev/null || ulimit -n 4096
 if [ "$(nproc)" -ge 2 ]; then pin_proxy="taskset -c 1"; pin_load="taskset -c 0"; else pin_proxy=""; pin_load=""; fi
 
-up_port=$(free_port)
-sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$up_port#g" benches/load/nginx-upstream.conf > "$work/upstream.conf"
-$pin_load nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
-pids+=($!)
-wait_port "$up_port"
+start_upstream $pin_load
 
 port=$(free_port)
 case "$target" in
   bare) cmd=("$dir/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$up_port" 1 timeouts) ;;
   tollgate)
-    sed -e "s#__PORT__#$port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
-      -e "s#__LIMIT__#$limit#g" -e "s#__THREADS__#1#g" benches/load/tollgate.toml > "$work/tollgate.toml"
+    tollgate_config "$port" "$limit" 1
     cmd=("$dir/tollgate" --config "$work/tollgate.toml") ;;
   *) echo "unknown target $target" >&2; exit 2 ;;
 esac

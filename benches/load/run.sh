@@ -56,9 +56,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for tool in wrk nginx python3; do
-  command -v $tool >/dev/null || { echo "$tool is needed (scripts/deps.sh installs it)" >&2; exit 1; }
-done
+. benches/load/common.sh
+need wrk nginx python3
 
 target_dir=${CARGO_TARGET_DIR:-target}
 if [ "$profile" = release ]; then
@@ -75,7 +74,6 @@ for bin in "$tollgate_bin" "$bare_bin"; do
 done
 
 ulimit -n 65536 2>/dev/null || ulimit -n 4096
-. benches/load/common.sh
 results=${out:-$work/results.tsv}
 if [ "$(nproc)" -ge 2 ] && [ "$no_pin" = 0 ]; then
   pin_proxy="taskset -c 1"; pin_load="taskset -c 0"
@@ -85,12 +83,7 @@ fi
 clk=$(getconf CLK_TCK)
 
 # The upstream, for the whole run.
-up_port=$(free_port)
-sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$up_port#g" benches/load/nginx-upstream.conf > "$work/upstream.conf"
-$pin_load nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
-up_pid=$!
-pids+=("$up_pid")
-wait_port "$up_port"
+start_upstream $pin_load
 
 # start_target NAME SCENARIO -> sets target_pid, target_port
 start_target() {
@@ -100,10 +93,9 @@ start_target() {
     direct)
       target_port=$up_port; target_pid=$up_pid; return ;;
     nginx)
-      local rate="1000000r/s" burst="burst=1000000 nodelay"
-      if [ "$scenario" = limited ]; then rate="1r/m"; burst=""; fi
-      sed -e "s#__PREFIX__#$work#g" -e "s#__PORT__#$target_port#g" -e "s#__UPSTREAM__#$up_port#g" \
-        -e "s#__RATE__#$rate#g" -e "s#__BURST__#$burst#g" benches/load/nginx-proxy.conf > "$work/proxy.conf"
+      local limited=0
+      [ "$scenario" = limited ] && limited=1
+      nginx_proxy_config "$target_port" "$limited"
       $pin_proxy nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" &
       target_pid=$! ;;
     bare)
@@ -112,8 +104,7 @@ start_target() {
     tollgate)
       local limit=1000000000
       [ "$scenario" = limited ] && limit=1
-      sed -e "s#__PORT__#$target_port#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
-        -e "s#__LIMIT__#$limit#g" -e "s#__THREADS__#$threads#g" benches/load/tollgate.toml > "$work/tollgate.toml"
+      tollgate_config "$target_port" "$limit" "$threads"
       TOLLGATE_LOG=error $pin_proxy "$tollgate_bin" --config "$work/tollgate.toml" 2>/dev/null &
       target_pid=$! ;;
   esac
