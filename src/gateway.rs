@@ -111,34 +111,32 @@ fn add_response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `X-Request-Id` and the rate-limit headers, with pre-parsed names and one
-/// reservation (room for `more` headers besides).
+/// tollgate's own response headers, `X-Request-Id` then the rate-limit
+/// headers, handed to `out` with pre-parsed names.
+fn own_headers(ctx: &Ctx, mut out: impl FnMut(HeaderName, HeaderValue)) {
+    out(X_REQUEST_ID.clone(), ctx.request_id.header_value());
+    ctx.rt
+        .rate_limit_headers
+        .render(&ctx.decision, &ctx.rt.rules, out);
+}
+
+/// [`own_headers`] into a header map, with one reservation (room for
+/// `more` headers besides).
 fn insert_own_headers(headers: &mut http::HeaderMap, ctx: &Ctx, more: usize) {
-    let (limit_headers, decision) = (&ctx.rt.rate_limit_headers, &ctx.decision);
-    headers.reserve(1 + limit_headers.count(decision) + more);
-    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.header_value());
-    limit_headers.render(decision, &ctx.rt.rules, |name, value| {
+    headers.reserve(1 + ctx.rt.rate_limit_headers.count(&ctx.decision) + more);
+    own_headers(ctx, |name, value| {
         headers.insert(name, value);
     });
 }
 
-/// The same headers as [`insert_own_headers`], as HTTP/1 header lines.
+/// [`own_headers`] as HTTP/1 header lines.
 fn write_own_fields(out: &mut Vec<u8>, ctx: &Ctx) {
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
+    own_headers(ctx, |name, value| {
+        out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+        out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
-    };
-    line(
-        X_REQUEST_ID.as_str().as_bytes(),
-        ctx.request_id.as_str().as_bytes(),
-    );
-    ctx.rt
-        .rate_limit_headers
-        .render(&ctx.decision, &ctx.rt.rules, |name, value| {
-            line(name.as_str().as_bytes(), value.as_bytes())
-        });
+    });
 }
 
 /// The `X-Forwarded-For` chain for the upstream: the values the request
