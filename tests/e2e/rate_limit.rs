@@ -92,6 +92,7 @@ fn the_gateways_own_429_is_whole_over_http1_and_http2() {
         }
         ids.push(id);
     }
+    ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "one id per answer");
     assert_eq!(up.requests_seen(), before, "refused requests stay here");
