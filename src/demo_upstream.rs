@@ -15,7 +15,7 @@
 //! | `/echo` | 200 JSON: method, path, the request headers, body length |
 //! | `/reset?status=N` | status N, `Content-Length: 100`, 10 bytes, then close |
 //! | `/garbage` | bytes that are not HTTP |
-//! | `/stats` | `{"requests": N}`: complete requests received before this one |
+//! | `/stats` | `{"requests": N, "connections": M}`: complete requests received before this one, connections accepted (this one included) |
 //! | anything else | 200 `{"ok":true,...}` |
 
 use std::io::Write;
@@ -61,6 +61,7 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     );
     loop {
         let (stream, _) = listener.accept().await?;
+        CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let _ = connection(stream).await;
         });
@@ -69,6 +70,8 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
 
 /// Complete requests received (for tests that check what got through).
 static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Connections accepted (for tests of connection reuse).
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -173,7 +176,9 @@ async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool>
         }
         "/stats" => {
             let n = REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
-            full(200, json, &[], format!("{{\"requests\":{n}}}").as_bytes())
+            let c = CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
+            let stats = format!("{{\"requests\":{n},\"connections\":{c}}}");
+            full(200, json, &[], stats.as_bytes())
         }
         "/garbage" => {
             stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").await?;

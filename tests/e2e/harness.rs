@@ -75,6 +75,13 @@ impl Upstream {
         r.json()["requests"].as_u64().expect("a count")
     }
 
+    /// Connections the upstream has accepted (its `/stats`, which opens
+    /// one itself).
+    pub fn connections_seen(&self) -> u64 {
+        let r = get(self.port, "/stats").expect("upstream stats");
+        r.json()["connections"].as_u64().expect("a count")
+    }
+
     pub fn start() -> Upstream {
         let port = free_port();
         let child = Command::new(BIN)

@@ -210,3 +210,28 @@ fn h2c_prior_knowledge_works() {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(v["error"]["code"], "invalid_request");
 }
+
+/// Upstream connections are pooled: sequential requests, on one client
+/// connection or several in turn, reuse one upstream connection (vendor
+/// patch 8 checks a pooled connection's peer from its cached address).
+#[test]
+fn upstream_connections_are_reused() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    assert_eq!(gw.connect().request("GET", "/hello").status, 200);
+    let before = up.connections_seen();
+    for _ in 0..5 {
+        let mut c = gw.connect();
+        for _ in 0..6 {
+            assert_eq!(c.request("GET", "/hello").status, 200);
+        }
+    }
+    let opened = up.connections_seen() - before;
+    // One for the second `/stats`; none for the 30 proxied requests.
+    assert_eq!(
+        opened,
+        1,
+        "30 sequential requests opened {} upstream connections",
+        opened - 1
+    );
+}

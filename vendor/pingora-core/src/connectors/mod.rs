@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if pooled_stream_matches(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +472,41 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// tollgate patch: whether a pooled stream is connected to `peer`.
+///
+/// Upstream Pingora asks the kernel (`getpeername`) on every reuse, one
+/// system call per proxied request. The stream's socket digest caches the
+/// same answer from its first lookup, and a pooled stream owns its fd, so
+/// the address cannot change while it is pooled: the cached address is
+/// compared instead, with the same exceptions (a `0.0.0.0` peer matches
+/// anything) and the same log line on a mismatch. Streams without a digest,
+/// and peers reached through a CONNECT proxy, take the original check.
+#[cfg(unix)]
+fn pooled_stream_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr;
+    let cached = stream.get_socket_digest();
+    let actual = match (peer.get_proxy(), cached.as_ref()) {
+        (None, Some(digest)) => digest.peer_addr(),
+        _ => return peer.matches_fd(stream.id()),
+    };
+    let Some(actual) = actual else {
+        debug!("Idle connection is broken: no peer address");
+        return false;
+    };
+    let wanted = peer.address();
+    if let SocketAddr::Inet(addr) = wanted {
+        if addr.ip().is_unspecified() && addr.is_ipv4() {
+            return true;
+        }
+    }
+    if actual == wanted {
+        true
+    } else {
+        error!("Crit: FD mismatch: fd: {:?}, addr: {wanted}, peer: {actual}", stream.id());
+        false
+    }
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
