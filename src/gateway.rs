@@ -17,9 +17,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
-use serde_json::{json, Value};
 
 use crate::access_log::{self, AccessRecord};
+use crate::client_ip;
 use crate::metrics::FailureKind;
 use crate::normalize::{self, Envelope, Source, UpstreamError};
 use crate::rate_limit::Decision;
@@ -56,11 +56,23 @@ struct PendingError {
     truncated: bool,
 }
 
-/// What the client was told, for the log.
-struct SentError {
+/// An upstream error as the client received it, for the log.
+struct NormalizedError {
     envelope: Envelope,
-    source: Option<Source>,
+    source: Source,
     upstream_ref: Option<String>,
+}
+
+/// What error the client was told, for the log.
+enum SentError {
+    // Boxed: rare, and a `Ctx` is moved with every request.
+    Normalized(Box<NormalizedError>),
+    /// An answer the gateway made itself: its type and code follow from
+    /// the status (the error table), so only the message is kept.
+    Gateway {
+        status: u16,
+        message: Cow<'static, str>,
+    },
 }
 
 pub struct Ctx {
@@ -79,9 +91,9 @@ pub struct Ctx {
     request_bytes: u64,
     upstream_sent: Option<Instant>,
     upstream_status: Option<u16>,
-    // Boxed: both are rare, and a `Ctx` is moved with every request.
+    // Boxed: rare, and a `Ctx` is moved with every request.
     pending: Option<Box<PendingError>>,
-    sent: Option<Box<SentError>>,
+    sent: Option<SentError>,
     retry_after: Option<u64>,
     failure: Option<FailureKind>,
     fail_code: u16,
@@ -145,7 +157,7 @@ fn write_own_fields(out: &mut Vec<u8>, ctx: &Ctx) {
 /// cost ~1,000 instructions per request).
 fn forwarded_for(headers: &http::HeaderMap, peer: IpAddr) -> Result<HeaderValue> {
     let mut ip_buf = [0u8; 45];
-    let ip = ip_text(peer, &mut ip_buf);
+    let ip = client_ip::ip_text(peer, &mut ip_buf);
     let values = headers.get_all(&X_FORWARDED_FOR);
     let prior = || values.iter().filter_map(|v| v.to_str().ok()).map(str::trim);
     let len = prior().map(|p| p.len() + 2).sum::<usize>() + ip.len();
@@ -160,32 +172,6 @@ fn forwarded_for(headers: &http::HeaderMap, peer: IpAddr) -> Result<HeaderValue>
         .or_err(ErrorType::InternalError, "invalid X-Forwarded-For")
 }
 
-/// An address as text in `buf` (45 bytes hold any IPv6 form).
-fn ip_text(ip: IpAddr, buf: &mut [u8; 45]) -> &[u8] {
-    let mut len = 0;
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                let d = digits.format(octet).as_bytes();
-                buf[len..len + d.len()].copy_from_slice(d);
-                len += d.len();
-            }
-        }
-        IpAddr::V6(v6) => {
-            let mut rest = &mut buf[..];
-            // 45 bytes hold the longest form (with an embedded IPv4).
-            let _ = std::io::Write::write_fmt(&mut rest, format_args!("{v6}"));
-            len = 45 - rest.len();
-        }
-    }
-    &buf[..len]
-}
-
 fn header_str(h: &ResponseHeader, name: http::header::HeaderName) -> Option<&str> {
     h.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -198,38 +184,35 @@ impl Gateway {
     /// patch 7): no header map is built, filled and serialized again, which
     /// was most of a 429's cost. Over HTTP/2 it goes through a
     /// `ResponseHeader`. The bytes on the wire are the same either way.
-    async fn respond(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        status: u16,
-        message: Cow<'static, str>,
-        details: Value,
-    ) -> Result<()> {
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, refusal: Refusal) -> Result<()> {
+        let status = refusal.status();
         let code = http::StatusCode::from_u16(status)
             .or_err(ErrorType::InternalError, "gateway status")?;
-        let envelope =
-            ctx.rt
-                .errors
-                .gateway_error(status, message, ctx.request_id.as_str(), details);
-        let body = envelope.to_json();
-        ctx.sent = Some(Box::new(SentError {
-            envelope,
-            source: None,
-            upstream_ref: None,
-        }));
-        let mut fields = Vec::with_capacity(256);
-        write_own_fields(&mut fields, ctx);
-        fields.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
-        fields.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        fields.extend_from_slice(b"\r\n");
+        let message = refusal.message(ctx.rt.max_request_body);
+        // One buffer: the envelope, then the header fields after it.
+        let mut buf = Vec::with_capacity(512);
+        ctx.rt.errors.write_gateway_error(
+            &mut buf,
+            status,
+            &message,
+            ctx.request_id.as_str(),
+            refusal.retry_after(),
+        );
+        let body_len = buf.len();
+        write_own_fields(&mut buf, ctx);
+        buf.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+        buf.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        ctx.sent = Some(SentError::Gateway { status, message });
+        let (body, fields) = buf.split_at(body_len);
         if session
             .downstream_session
-            .write_prepared_response(code, &fields, &body)
+            .write_prepared_response(code, fields, body)
             .await?
         {
             return Ok(());
         }
+        let body = Bytes::copy_from_slice(body);
         // HTTP/2: plain `http` parts (no case map, names pre-parsed, see
         // `add_response_headers`). Pingora adds Date.
         let mut parts = http::Response::new(()).into_parts().0;
@@ -246,7 +229,7 @@ impl Gateway {
             session.write_response_header(Box::new(h), true).await
         } else {
             session.write_response_header(Box::new(h), false).await?;
-            session.write_response_body(Some(body.into()), true).await
+            session.write_response_body(Some(body), true).await
         }
     }
 
@@ -267,11 +250,11 @@ impl Gateway {
         );
         ctx.rt.metrics.normalized(n.source, p.status);
         let body = Bytes::from(n.envelope.to_json());
-        ctx.sent = Some(Box::new(SentError {
+        ctx.sent = Some(SentError::Normalized(Box::new(NormalizedError {
             envelope: n.envelope,
-            source: Some(n.source),
+            source: n.source,
             upstream_ref: n.upstream_ref,
-        }));
+        })));
         Some(body)
     }
 }
@@ -355,10 +338,46 @@ fn identify(session: &Session, ctx: &mut Ctx) {
 }
 
 /// Why the gateway answers a request itself instead of proxying it.
-struct Refusal {
-    status: u16,
-    message: Cow<'static, str>,
-    details: Value,
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// 429: a rule's bucket is empty.
+    RateLimited { retry_after: u64 },
+    /// 503: the shared backend is down under `on_backend_error = "deny"`.
+    LimiterUnavailable,
+    /// 413: the declared body is over `max_request_body`.
+    BodyTooLarge,
+}
+
+impl Refusal {
+    fn status(self) -> u16 {
+        match self {
+            Refusal::RateLimited { .. } => 429,
+            Refusal::LimiterUnavailable => 503,
+            Refusal::BodyTooLarge => 413,
+        }
+    }
+
+    fn message(self, max_request_body: u64) -> Cow<'static, str> {
+        match self {
+            Refusal::RateLimited { .. } => {
+                "Too many requests; retry after the time in Retry-After.".into()
+            }
+            Refusal::LimiterUnavailable => {
+                "Rate limiting is unavailable; try again shortly.".into()
+            }
+            Refusal::BodyTooLarge => format!(
+                "The request body is larger than the {max_request_body} bytes this gateway accepts."
+            )
+            .into(),
+        }
+    }
+
+    fn retry_after(self) -> Option<u64> {
+        match self {
+            Refusal::RateLimited { retry_after } => Some(retry_after),
+            _ => None,
+        }
+    }
 }
 
 impl Gateway {
@@ -393,24 +412,14 @@ impl Gateway {
     fn apply(&self, ctx: &mut Ctx, outcome: Outcome) -> Option<Refusal> {
         ctx.decision = match outcome {
             Outcome::Decided(d) => d,
-            Outcome::Unavailable => {
-                return Some(Refusal {
-                    status: 503,
-                    message: "Rate limiting is unavailable; try again shortly.".into(),
-                    details: Value::Null,
-                })
-            }
+            Outcome::Unavailable => return Some(Refusal::LimiterUnavailable),
         };
         let (state, retry_after) = ctx.decision.denied?;
         if let Some(c) = ctx.rt.rate_limited.get(state.rule) {
             c.inc();
         }
         ctx.retry_after = Some(retry_after);
-        Some(Refusal {
-            status: 429,
-            message: "Too many requests; retry after the time in Retry-After.".into(),
-            details: json!({ "retry_after": retry_after }),
-        })
+        Some(Refusal::RateLimited { retry_after })
     }
 
     /// 413 for a declared body over the limit; a body of unknown length is
@@ -427,14 +436,7 @@ impl Gateway {
             Some(n) if n > limit => {
                 // The body is not read: the connection cannot be reused.
                 session.set_keepalive(None);
-                Some(Refusal {
-                    status: 413,
-                    message: format!(
-                        "The request body is larger than the {limit} bytes this gateway accepts."
-                    )
-                    .into(),
-                    details: Value::Null,
-                })
+                Some(Refusal::BodyTooLarge)
             }
             Some(_) => None,
             None => {
@@ -484,7 +486,7 @@ impl ProxyHttp for Gateway {
         let Some(r) = refusal.or_else(|| self.check_body_size(session, ctx)) else {
             return Ok(false);
         };
-        Box::pin(self.respond(session, ctx, r.status, r.message, r.details)).await?;
+        Box::pin(self.respond(session, ctx, r)).await?;
         Ok(true)
     }
 
@@ -671,13 +673,15 @@ impl ProxyHttp for Gateway {
             }
         }
         if code > 0 && session.response_written().is_none() {
-            let envelope = ctx.rt.errors.gateway_error(
+            let mut body = Vec::with_capacity(256);
+            ctx.rt.errors.write_gateway_error(
+                &mut body,
                 code,
-                message.into(),
+                message,
                 ctx.request_id.as_str(),
-                Value::Null,
+                None,
             );
-            let body = Bytes::from(envelope.to_json());
+            let body = Bytes::from(body);
             if let Ok(mut h) = ResponseHeader::build(code, Some(4)) {
                 let _ = h.insert_header(CONTENT_TYPE, "application/json");
                 let _ = h.insert_header(CONTENT_LENGTH, body.len());
@@ -685,11 +689,10 @@ impl ProxyHttp for Gateway {
                 let body = if ctx.head { Bytes::new() } else { body };
                 let _ = session.write_error_response(h, body).await;
             }
-            ctx.sent = Some(Box::new(SentError {
-                envelope,
-                source: None,
-                upstream_ref: None,
-            }));
+            ctx.sent = Some(SentError::Gateway {
+                status: code,
+                message: message.into(),
+            });
         }
         FailToProxy {
             error_code: code,
@@ -706,7 +709,7 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.start.elapsed();
         route.count(status);
         route.request_duration.observe(elapsed.as_secs_f64());
-        if !access_log::wanted(status, rt.log_all) {
+        if !access_log::wanted(status, rt.log_all) || !access_log::enabled() {
             return;
         }
         let req = session.req_header();
@@ -717,7 +720,21 @@ impl ProxyHttp for Gateway {
             .or(ctx.decision.tightest.map(|t| t.rule))
             .and_then(|i| rt.rules.get(i))
             .map(|r| r.name.as_str());
-        let sent = ctx.sent.as_ref();
+        // A gateway answer's type and code, looked up again for the line.
+        let table = match &ctx.sent {
+            Some(SentError::Gateway { status, .. }) => Some(rt.errors.type_and_code(*status)),
+            _ => None,
+        };
+        let (error, normalized) = match (&ctx.sent, &table) {
+            (Some(SentError::Normalized(n)), _) => {
+                let e = &n.envelope;
+                (Some((&*e.kind, &*e.code, &*e.message)), Some(n))
+            }
+            (Some(SentError::Gateway { message, .. }), Some((kind, code))) => {
+                (Some((&**kind, &**code, &**message)), None)
+            }
+            _ => (None, None),
+        };
         access_log::emit(&AccessRecord {
             method: req.method.as_str(),
             path: req.uri.path(),
@@ -729,11 +746,11 @@ impl ProxyHttp for Gateway {
             upstream_status: ctx.upstream_status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             retry_after: ctx.retry_after,
-            error_type: sent.map(|s| s.envelope.kind.as_ref()),
-            error_code: sent.map(|s| s.envelope.code.as_ref()),
-            error_message: sent.map(|s| s.envelope.message.as_ref()),
-            upstream_ref: sent.and_then(|s| s.upstream_ref.as_deref()),
-            error_source: sent.and_then(|s| s.source).map(Source::as_str),
+            error_type: error.map(|e| e.0),
+            error_code: error.map(|e| e.1),
+            error_message: error.map(|e| e.2),
+            upstream_ref: normalized.and_then(|n| n.upstream_ref.as_deref()),
+            error_source: normalized.map(|n| n.source.as_str()),
             failure: ctx.failure.map(FailureKind::as_str),
         });
     }

@@ -43,27 +43,40 @@ impl Envelope {
     pub fn to_json(&self) -> Vec<u8> {
         let strings = self.kind.len() + self.code.len() + self.message.len();
         let mut out = Vec::with_capacity(96 + strings + self.request_id.len());
-        out.extend_from_slice(br#"{"error":{"type":"#);
-        push_json_str(&mut out, &self.kind);
-        out.extend_from_slice(br#","code":"#);
-        push_json_str(&mut out, &self.code);
-        out.extend_from_slice(br#","message":"#);
-        push_json_str(&mut out, &self.message);
-        out.extend_from_slice(br#","request_id":"#);
-        push_json_str(&mut out, &self.request_id);
-        out.extend_from_slice(br#","details":"#);
-        // Writing a `Value` into a Vec cannot fail.
-        if serde_json::to_writer(&mut out, &self.details).is_err() {
-            out.extend_from_slice(b"null");
-        }
-        out.extend_from_slice(b"}}");
+        write_envelope(
+            &mut out,
+            [&self.kind, &self.code, &self.message, &self.request_id],
+            |out| {
+                // Writing a `Value` into a Vec cannot fail.
+                if serde_json::to_writer(&mut *out, &self.details).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            },
+        );
         out
     }
 }
 
+/// `{"error":{"type":…,"code":…,"message":…,"request_id":…,"details":…}}`
+/// from the four strings in that order, `details` written by the caller.
+fn write_envelope(out: &mut Vec<u8>, strings: [&str; 4], details: impl FnOnce(&mut Vec<u8>)) {
+    let [kind, code, message, request_id] = strings;
+    out.extend_from_slice(br#"{"error":{"type":"#);
+    push_json_str(out, kind);
+    out.extend_from_slice(br#","code":"#);
+    push_json_str(out, code);
+    out.extend_from_slice(br#","message":"#);
+    push_json_str(out, message);
+    out.extend_from_slice(br#","request_id":"#);
+    push_json_str(out, request_id);
+    out.extend_from_slice(br#","details":"#);
+    details(out);
+    out.extend_from_slice(b"}}");
+}
+
 /// `s` as a JSON string: one copy when nothing in it needs escaping,
 /// serde_json's escaping otherwise.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
@@ -179,22 +192,31 @@ impl ErrorTable {
         (t.into(), c.into())
     }
 
-    /// An envelope for an error the gateway makes itself.
-    pub fn gateway_error(
+    /// The envelope of an error the gateway makes itself, appended to
+    /// `out`: `details` is `{"retry_after":N}` for a 429, `null` otherwise.
+    /// Written straight to bytes (no [`Envelope`], no `Value` for the
+    /// details): a 429 is answered this way for every refused request.
+    pub fn write_gateway_error(
         &self,
+        out: &mut Vec<u8>,
         status: u16,
-        message: Cow<'static, str>,
+        message: &str,
         request_id: &str,
-        details: Value,
-    ) -> Envelope {
+        retry_after: Option<u64>,
+    ) {
         let (kind, code) = self.type_and_code(status);
-        Envelope {
-            kind,
-            code,
-            message,
-            request_id: request_id.to_string(),
-            details,
-        }
+        write_envelope(
+            out,
+            [&kind, &code, message, request_id],
+            |out| match retry_after {
+                Some(n) => {
+                    out.extend_from_slice(br#"{"retry_after":"#);
+                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    out.push(b'}');
+                }
+                None => out.extend_from_slice(b"null"),
+            },
+        );
     }
 }
 
@@ -969,14 +991,37 @@ mod tests {
     }
 
     #[test]
-    fn envelope_json_shape() {
-        let env = ErrorTable::default().gateway_error(
-            429,
-            "Too many".into(),
-            RID,
-            json!({"retry_after": 3}),
-        );
-        let v: Value = serde_json::from_slice(&env.to_json()).unwrap();
+    fn gateway_errors_are_whole_envelopes() {
+        let table = ErrorTable::default();
+        let cases = [
+            (429, "Too many", Some(3), json!({"retry_after": 3})),
+            (
+                429,
+                "Too many",
+                Some(u64::MAX),
+                json!({"retry_after": u64::MAX}),
+            ),
+            (413, "quote \" and \n", None, Value::Null),
+            (504, "", None, Value::Null),
+            (599, "odd", None, Value::Null),
+        ];
+        for (status, message, retry_after, details) in cases {
+            let mut out = b"kept".to_vec();
+            table.write_gateway_error(&mut out, status, message, RID, retry_after);
+            assert_eq!(&out[..4], b"kept", "appends");
+            let (kind, code) = table.type_and_code(status);
+            let expected = Envelope {
+                kind,
+                code,
+                message: message.to_string().into(),
+                request_id: RID.to_string(),
+                details,
+            };
+            assert_eq!(out[4..], expected.to_json(), "{status} {message}");
+        }
+        let mut out = Vec::new();
+        table.write_gateway_error(&mut out, 429, "Too many", RID, Some(3));
+        let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
             json!({"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded",
