@@ -10,6 +10,9 @@
 # NGINX (the harness's proxy config; limit_req at 1r/m when LIMIT is 1) is
 # counted too, as the reference an operator would otherwise deploy.
 # Set BARE_TIMEOUTS=1 to give the bare proxy tollgate's upstream timeouts.
+# Set LOGGED=1 to count both with their default per-request logging on:
+# tollgate's access line for each non-2xx, NGINX's error-log line for each
+# limit_req rejection (by default both are off here, as in the harness).
 # Set KEEP_CALLGRIND=DIR to keep the callgrind files there for
 # callgrind_annotate. Needs valgrind (callgrind_annotate), nginx and python3; builds release.
 set -euo pipefail
@@ -73,11 +76,13 @@ bare_port=$(free_port)
 count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts}
 tg_port=$(free_port)
 tollgate_config "$tg_port" "$limit" 1
-TOLLGATE_LOG=error count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
+if [ -n "${LOGGED:-}" ]; then tollgate_log=info; else tollgate_log=error; fi
+TOLLGATE_LOG=$tollgate_log count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
 # NGINX as the harness runs it (limit_req at 1r/m when LIMIT is 1), without
 # its master process so that the counted process is the one serving.
 nginx_port=$(free_port)
 nginx_proxy_config "$nginx_port" "$limit"
+[ -n "${LOGGED:-}" ] && sed -i '/limit_req_log_level/d' "$work/proxy.conf"
 count nginx "$nginx_port" -- nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;"
 
 if [ -n "${KEEP_CALLGRIND:-}" ]; then
