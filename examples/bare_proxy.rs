@@ -1,6 +1,6 @@
 //! The framework floor for the load harness: a Pingora pass-through proxy
 //! with nothing but `upstream_peer`, built with the same profile and
-//! allocator as tollgate.
+//! allocator as tollgate and the same listener and module settings.
 //!
 //! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts]`
 
@@ -23,6 +23,10 @@ struct Bare {
 impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
+
+    /// No response modules, as in tollgate (Pingora's default is a
+    /// compression module set to off, which still costs every request).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());

@@ -14,6 +14,7 @@ use http::header::{
 };
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
@@ -450,6 +451,12 @@ impl Gateway {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
+
+    /// No response modules. Pingora's default is a compression module
+    /// set to off, which still gave every request a module context (an
+    /// allocation) and a filter call per header and body piece; tollgate
+    /// does not compress (2xx bodies pass untouched, envelopes are small).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
