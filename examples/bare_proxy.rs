@@ -2,7 +2,11 @@
 //! with nothing but `upstream_peer`, built with the same profile and
 //! allocator as tollgate and the same listener and module settings.
 //!
-//! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts]`
+//! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts] [refuse]`
+//!
+//! `timeouts` sets tollgate's upstream timeouts; `refuse` answers every
+//! request with an empty 429 from `request_filter` (Pingora's own API, one
+//! header): the framework's floor for a response the proxy makes itself.
 
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -17,6 +21,8 @@ struct Bare {
     upstream: String,
     /// Set the same peer timeouts tollgate sets (for A/B measurements).
     timeouts: bool,
+    /// Answer every request with an empty 429 instead of proxying.
+    refuse: bool,
 }
 
 #[async_trait]
@@ -27,6 +33,16 @@ impl ProxyHttp for Bare {
     /// No response modules, as in tollgate (Pingora's default is a
     /// compression module set to off, which still costs every request).
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        if !self.refuse {
+            return Ok(false);
+        }
+        let mut h = ResponseHeader::build(429, Some(1))?;
+        h.insert_header("Content-Length", "0")?;
+        session.write_response_header(Box::new(h), true).await?;
+        Ok(true)
+    }
 
     async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
@@ -47,7 +63,9 @@ fn main() {
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:6190".into());
     let upstream = args.next().unwrap_or_else(|| "127.0.0.1:3000".into());
     let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
-    let timeouts = args.next().as_deref() == Some("timeouts");
+    let flags: Vec<String> = args.collect();
+    let timeouts = flags.iter().any(|f| f == "timeouts");
+    let refuse = flags.iter().any(|f| f == "refuse");
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(0),
@@ -56,8 +74,14 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, timeouts });
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstream,
+            timeouts,
+            refuse,
+        },
+    );
     // The same listener setting as tollgate's (src/server.rs).
     proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(proxy);

@@ -5,8 +5,9 @@
 #
 # Usage: benches/load/instructions.sh [REQUESTS] [PATH] [LIMIT]
 #   defaults 4000 /ok 1000000000; LIMIT is tollgate's per-IP rule: with 1,
-#   every counted request is a 429 answered by tollgate itself (the bare
-#   proxy still proxies, so only tollgate's figure means anything then).
+#   every counted request is a 429 answered by tollgate itself, and the
+#   bare proxy answers each with an empty 429 of its own (`refuse`): the
+#   framework's floor for a response the proxy makes itself.
 # NGINX (the harness's proxy config; limit_req at 1r/m when LIMIT is 1) is
 # counted too, as the reference an operator would otherwise deploy.
 # Set BARE_TIMEOUTS=1 to give the bare proxy tollgate's upstream timeouts.
@@ -73,7 +74,9 @@ count() {
 }
 
 bare_port=$(free_port)
-count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts}
+bare_refuse=""
+[ "$limit" = 1 ] && bare_refuse=refuse
+count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts} $bare_refuse
 tg_port=$(free_port)
 tollgate_config "$tg_port" "$limit" 1
 if [ -n "${LOGGED:-}" ]; then tollgate_log=info; else tollgate_log=error; fi
