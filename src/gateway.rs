@@ -22,7 +22,7 @@ use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 use crate::access_log::{self, AccessRecord};
 use crate::client_ip;
 use crate::metrics::FailureKind;
-use crate::normalize::{self, Envelope, Source, UpstreamError};
+use crate::normalize::{self, Envelope, ErrorTable, Source, UpstreamError};
 use crate::rate_limit::Decision;
 use crate::rate_limit_headers;
 use crate::redis_limiter::Outcome;
@@ -74,6 +74,22 @@ enum SentError {
         status: u16,
         message: Cow<'static, str>,
     },
+}
+
+impl SentError {
+    /// The envelope's type, code and message, for the log.
+    fn describe<'a>(&'a self, table: &ErrorTable) -> (Cow<'a, str>, Cow<'a, str>, &'a str) {
+        match self {
+            SentError::Normalized(n) => {
+                let e = &n.envelope;
+                (Cow::Borrowed(&e.kind), Cow::Borrowed(&e.code), &e.message)
+            }
+            SentError::Gateway { status, message } => {
+                let (kind, code) = table.type_and_code(*status);
+                (kind, code, message)
+            }
+        }
+    }
 }
 
 pub struct Ctx {
@@ -727,20 +743,10 @@ impl ProxyHttp for Gateway {
             .or(ctx.decision.tightest.map(|t| t.rule))
             .and_then(|i| rt.rules.get(i))
             .map(|r| r.name.as_str());
-        // A gateway answer's type and code, looked up again for the line.
-        let table = match &ctx.sent {
-            Some(SentError::Gateway { status, .. }) => Some(rt.errors.type_and_code(*status)),
+        let error = ctx.sent.as_ref().map(|s| s.describe(&rt.errors));
+        let normalized = match &ctx.sent {
+            Some(SentError::Normalized(n)) => Some(n),
             _ => None,
-        };
-        let (error, normalized) = match (&ctx.sent, &table) {
-            (Some(SentError::Normalized(n)), _) => {
-                let e = &n.envelope;
-                (Some((&*e.kind, &*e.code, &*e.message)), Some(n))
-            }
-            (Some(SentError::Gateway { message, .. }), Some((kind, code))) => {
-                (Some((&**kind, &**code, &**message)), None)
-            }
-            _ => (None, None),
         };
         access_log::emit(&AccessRecord {
             method: req.method.as_str(),
@@ -753,9 +759,9 @@ impl ProxyHttp for Gateway {
             upstream_status: ctx.upstream_status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             retry_after: ctx.retry_after,
-            error_type: error.map(|e| e.0),
-            error_code: error.map(|e| e.1),
-            error_message: error.map(|e| e.2),
+            error_type: error.as_ref().map(|e| &*e.0),
+            error_code: error.as_ref().map(|e| &*e.1),
+            error_message: error.as_ref().map(|e| e.2),
             upstream_ref: normalized.and_then(|n| n.upstream_ref.as_deref()),
             error_source: normalized.map(|n| n.source.as_str()),
             failure: ctx.failure.map(FailureKind::as_str),

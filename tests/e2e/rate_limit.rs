@@ -110,6 +110,34 @@ fn the_gateways_own_429_is_whole_over_http1_and_http2() {
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+
+    // Each refusal has its access line, with what the client was told.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line_for = |id: &str| {
+        gw.log()
+            .lines()
+            .find(|l| l.contains(&format!("\"request_id\":\"{id}\"")))
+            .map(str::to_string)
+    };
+    for id in &ids {
+        while line_for(id).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let line = line_for(id).unwrap_or_else(|| panic!("no access line for {id}:\n{}", gw.log()));
+        let l: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_eq!(l["target"], "tollgate::access");
+        assert_eq!(l["status"], 429);
+        assert_eq!(l["rule"], "default");
+        assert_eq!(l["client_ip"], "198.51.100.20");
+        assert_eq!(l["error_type"], "rate_limit_error");
+        assert_eq!(l["error_code"], "rate_limit_exceeded");
+        assert_eq!(
+            l["error_message"],
+            "Too many requests; retry after the time in Retry-After."
+        );
+        assert!(l["retry_after"].as_u64().is_some(), "{line}");
+        assert!(l.get("upstream_status").is_none(), "{line}");
+    }
 }
 
 #[test]
