@@ -111,7 +111,6 @@ pub struct Ctx {
     // Boxed: rare, and a `Ctx` is moved with every request.
     pending: Option<Box<PendingError>>,
     sent: Option<SentError>,
-    retry_after: Option<u64>,
     failure: Option<FailureKind>,
     fail_code: u16,
 }
@@ -435,7 +434,6 @@ impl Gateway {
         if let Some(c) = ctx.rt.rate_limited.get(state.rule) {
             c.inc();
         }
-        ctx.retry_after = Some(retry_after);
         Some(Refusal::RateLimited { retry_after })
     }
 
@@ -490,7 +488,6 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             pending: None,
             sent: None,
-            retry_after: None,
             failure: None,
             fail_code: 0,
         }
@@ -758,7 +755,7 @@ impl ProxyHttp for Gateway {
             request_id: ctx.request_id.as_str(),
             upstream_status: ctx.upstream_status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
-            retry_after: ctx.retry_after,
+            retry_after: ctx.decision.denied.map(|(_, after)| after),
             error_type: error.as_ref().map(|e| &*e.0),
             error_code: error.as_ref().map(|e| &*e.1),
             error_message: error.as_ref().map(|e| e.2),
