@@ -8,6 +8,8 @@ use time::macros::format_description;
 use tracing_subscriber::fmt::time::UtcTime;
 use tracing_subscriber::EnvFilter;
 
+use crate::normalize::push_json_str;
+
 /// What one request's log line says.
 #[derive(Debug, Default)]
 pub struct AccessRecord<'a> {
@@ -42,8 +44,8 @@ pub fn enabled() -> bool {
     tracing::enabled!(target: "tollgate::access", tracing::Level::INFO)
 }
 
-/// Write the line to stderr: the same JSON object a `tracing` event
-/// formatted by [`init`]'s subscriber would be (`timestamp`, `level`,
+/// Write the line to stderr: a JSON object with the keys a `tracing`
+/// event formatted by [`init`]'s subscriber has (`timestamp`, `level`,
 /// `target`, `message`, then the fields; absent ones left out), written
 /// directly into a per-thread buffer and out in one `write`.
 ///
@@ -79,19 +81,12 @@ fn write_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: std::time::SystemTim
         .unwrap_or_default();
     out.extend_from_slice(br#"{"timestamp":""#);
     out.extend_from_slice(&second_text(since_epoch.as_secs()));
-    let millis = since_epoch.subsec_millis();
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (millis / 100) as u8,
-        b'0' + (millis / 10 % 10) as u8,
-        b'0' + (millis % 10) as u8,
-        b'Z',
-        b'"',
-    ]);
+    push_thousandths(out, since_epoch.subsec_millis().into());
+    out.extend_from_slice(b"Z\"");
     out.extend_from_slice(
         br#","level":"INFO","target":"tollgate::access","message":"request","method":"#,
     );
-    json_str(out, r.method);
+    push_json_str(out, r.method);
     str_field(out, "path", Some(r.path));
     int_field(out, "status", Some(r.status.into()));
     str_field(out, "route", Some(r.route));
@@ -107,13 +102,7 @@ fn write_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: std::time::SystemTim
     out.extend_from_slice(br#","duration_ms":"#);
     let micros = (r.duration_ms * 1000.0).round() as u64;
     out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
-    let frac = micros % 1000;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
+    push_thousandths(out, micros % 1000);
     int_field(out, "retry_after", r.retry_after);
     str_field(out, "error_type", r.error_type);
     str_field(out, "error_code", r.error_code);
@@ -128,7 +117,7 @@ fn write_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: std::time::SystemTim
 fn str_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
     if let Some(v) = value {
         field_key(out, key);
-        json_str(out, v);
+        push_json_str(out, v);
     }
 }
 
@@ -145,8 +134,16 @@ fn field_key(out: &mut Vec<u8>, key: &str) {
     out.extend_from_slice(b"\":");
 }
 
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    crate::normalize::push_json_str(out, s);
+/// `.ddd` for `n` below 1,000 (milliseconds of the timestamp,
+/// microseconds of the duration).
+fn push_thousandths(out: &mut Vec<u8>, n: u64) {
+    let n = n % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for a Unix second, made once per second
