@@ -13,7 +13,8 @@
 #   tollgate  1 thread, one never-triggering per-IP rule, metrics on
 # Scenarios: ok (200 pass-through), err (422: normalized by tollgate, passed
 # through by the others), limited (429 answered by the proxy itself:
-# tollgate vs NGINX limit_req_status 429), at each connection count.
+# tollgate, NGINX limit_req_status 429 and the bare proxy's empty 429; none
+# writes a log line per request), at each connection count.
 #
 # For each run: requests/s, p50/p99 latency, CPU microseconds per request
 # of the proxy process (utime+stime from /proc/PID/stat, before and after),
