@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tollgate::client_ip::{ClientIpResolver, ClientKey};
-use tollgate::config::HeaderStyle;
-use tollgate::normalize::{normalize, ErrorTable, UpstreamError};
-use tollgate::rate_limit::{RateLimiter, RuleSpec};
-use tollgate::rate_limit_headers;
+use tollgate::client::{ClientIpResolver, ClientKey};
+use tollgate::errors::{normalize, ErrorTable, UpstreamError};
+use tollgate::rate_limit::headers::{self as rate_limit_headers, HeaderStyle};
+use tollgate::rate_limit::{LocalLimiter, RuleSpec};
+use tollgate::routes::RequestMatcher;
 
 /// Counts allocations so each case can report allocations per call.
 struct Counting;
@@ -136,16 +136,15 @@ fn client_key(i: u32, v6: bool) -> ClientKey {
 }
 
 /// A limiter with one generous rule and `keys` live clients.
-fn limiter_with(keys: u32, v6: bool) -> RateLimiter {
+fn limiter_with(keys: u32, v6: bool) -> LocalLimiter {
     let rule = RuleSpec {
         name: "default".into(),
-        path_prefix: "/".into(),
-        methods: vec![],
+        applies_to: RequestMatcher::any(),
         limit: 1_000_000_000,
         period: Duration::from_secs(1),
         burst: 1_000_000_000,
     };
-    let lim = RateLimiter::new(vec![rule], 2_000_000);
+    let lim = LocalLimiter::new(vec![rule], 2_000_000);
     for i in 0..keys {
         lim.check("GET", "/", &client_key(i, v6));
     }

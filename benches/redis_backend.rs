@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tollgate::client_ip::ClientKey;
-use tollgate::config::OnBackendError;
-use tollgate::rate_limit::{RateLimiter, RuleSpec};
-use tollgate::redis_limiter::{Outcome, RedisLimiter, RedisTarget};
+use tollgate::client::ClientKey;
+use tollgate::rate_limit::{
+    Limiter, LimiterSettings, OnBackendError, Outcome, Pending, RedisTarget, RuleSpec,
+    SharedBackend,
+};
+use tollgate::routes::RequestMatcher;
 
 fn rules() -> Vec<RuleSpec> {
     vec![RuleSpec {
         name: "bench".into(),
-        path_prefix: "/".into(),
-        methods: vec![],
+        applies_to: RequestMatcher::any(),
         limit: 1_000_000_000,
         period: Duration::from_secs(1),
         burst: 1_000_000_000,
@@ -71,19 +72,25 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let rules = rules();
-    let local = Arc::new(RateLimiter::new(rules.clone(), 1_000_000));
     let errors = prometheus::IntCounter::new("errors", "bench").unwrap();
-    let redis = Arc::new(
-        RedisLimiter::new(
-            RedisTarget::Single(format!("redis://127.0.0.1:{port}")),
-            Duration::from_millis(200),
-            OnBackendError::Deny,
-            errors,
-        )
-        .unwrap(),
-    );
+    let local_settings = LimiterSettings {
+        rules: rules.clone(),
+        max_keys: 1_000_000,
+        shared: None,
+    };
+    let local = Limiter::new(&local_settings, errors.clone());
+    let shared = SharedBackend {
+        target: RedisTarget::Single(format!("redis://127.0.0.1:{port}")),
+        timeout: Duration::from_millis(200),
+        on_error: OnBackendError::Deny,
+    };
+    let redis_settings = LimiterSettings {
+        shared: Some(shared),
+        ..local_settings
+    };
+    let redis = Arc::new(Limiter::new(&redis_settings, errors));
     // Warm the connection and the script cache.
-    let first = rt.block_on(redis.decide("GET", "/", &key(0), &rules, &local));
+    let first = rt.block_on(redis.decide("GET", "/", key(0)).outcome());
     assert!(matches!(first, Outcome::Decided(_)), "redis answers");
 
     let mut g = c.benchmark_group("decision");
@@ -91,7 +98,10 @@ fn bench(c: &mut Criterion) {
         let mut i = 0u32;
         b.iter(|| {
             i = i.wrapping_add(1);
-            black_box(local.check("GET", "/", &key(i)))
+            black_box(match local.decide("GET", "/", key(i)) {
+                Pending::Ready(outcome) => outcome,
+                Pending::Shared(_) => unreachable!("the local backend decides at once"),
+            })
         })
     });
     g.bench_function("redis/sequential", |b| {
@@ -99,11 +109,7 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let t = Instant::now();
                 for i in 0..iters {
-                    black_box(
-                        redis
-                            .decide("GET", "/", &key(i as u32), &rules, &local)
-                            .await,
-                    );
+                    black_box(redis.decide("GET", "/", key(i as u32)).outcome().await);
                 }
                 t.elapsed()
             })
@@ -116,14 +122,11 @@ fn bench(c: &mut Criterion) {
                 let mut set = tokio::task::JoinSet::new();
                 let per = iters.div_ceil(64);
                 for w in 0..64u64 {
-                    let (redis, local, rules) = (redis.clone(), local.clone(), rules.clone());
+                    let redis = redis.clone();
                     set.spawn(async move {
                         for i in 0..per {
-                            black_box(
-                                redis
-                                    .decide("GET", "/", &key((w * per + i) as u32), &rules, &local)
-                                    .await,
-                            );
+                            let key = key((w * per + i) as u32);
+                            black_box(redis.decide("GET", "/", key).outcome().await);
                         }
                     });
                 }

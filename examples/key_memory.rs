@@ -9,8 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use tollgate::client_ip::ClientIpResolver;
-use tollgate::rate_limit::{RateLimiter, RuleSpec};
+use tollgate::client::ClientIpResolver;
+use tollgate::rate_limit::{LocalLimiter, RuleSpec};
+use tollgate::routes::RequestMatcher;
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -38,14 +39,13 @@ fn main() {
         .unwrap_or(usize::MAX / 2);
     let rule = RuleSpec {
         name: "flood".into(),
-        path_prefix: "/".into(),
-        methods: vec![],
+        applies_to: RequestMatcher::any(),
         limit: 100,
         period: Duration::from_secs(60),
         burst: 100,
     };
     let resolver = ClientIpResolver::new(vec![], 64);
-    let limiter = RateLimiter::new(vec![rule], max_keys);
+    let limiter = LocalLimiter::new(vec![rule], max_keys);
     let before = rss_bytes();
     let t = Instant::now();
     for i in 0..n {

@@ -149,7 +149,7 @@ pub fn head(status: u16, headers: &[(&str, String)]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {} {}\r\n",
         status,
-        crate::normalize::reason_phrase(status)
+        crate::errors::reason_phrase(status)
     )
     .into_bytes();
     for (k, v) in headers {

@@ -1,4 +1,6 @@
-//! The `tollgate` binary: a thin CLI over the library.
+//! The `tollgate` binary: a thin CLI over the library (docs/cli.md).
+
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,19 +62,19 @@ fn main() -> ExitCode {
         },
         Some(Command::Reload) => {
             let admin = match Config::load(&cli.config) {
-                Ok(cfg) => cfg.file.server.admin_listen,
+                Ok(cfg) => cfg.server.admin_listen,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match tollgate::admin::request_reload(admin) {
-                Ok((true, body)) => {
-                    println!("{body}");
+            match tollgate::proxy::admin::request_reload(admin) {
+                Ok(answer) if answer.accepted => {
+                    println!("{}", answer.body);
                     ExitCode::SUCCESS
                 }
-                Ok((false, body)) => {
-                    eprintln!("{body}");
+                Ok(answer) => {
+                    eprintln!("{}", answer.body);
                     ExitCode::FAILURE
                 }
                 Err(e) => {
@@ -109,12 +111,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            tollgate::access_log::init();
-            let launch = tollgate::server::Launch {
+            tollgate::observe::access_log::init();
+            let launch = tollgate::proxy::Launch {
                 config_path: cli.config,
                 upgrade: cli.upgrade,
             };
-            let e = tollgate::server::run(launch, cfg);
+            let e = tollgate::proxy::run(launch, cfg);
             eprintln!("tollgate could not start: {e}");
             ExitCode::FAILURE
         }

@@ -1,35 +1,61 @@
-//! Route names for metrics and logs (`[[routes]]`): the longest matching
+//! Which requests a rule or a route applies to ([`RequestMatcher`]), and
+//! route names for metrics and logs (`[[routes]]`): the longest matching
 //! prefix wins; a request that matches none is `default`. Routes never
 //! block traffic.
+
+/// A path prefix and, optionally, methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestMatcher {
+    /// Starts with `/` (checked at load); `/` matches every path.
+    pub path_prefix: String,
+    /// Upper-case method names; empty matches every method.
+    pub methods: Vec<String>,
+}
+
+impl RequestMatcher {
+    pub fn new(path_prefix: &str, methods: &[&str]) -> RequestMatcher {
+        RequestMatcher {
+            path_prefix: path_prefix.to_string(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    /// Every request.
+    pub fn any() -> RequestMatcher {
+        RequestMatcher::new("/", &[])
+    }
+
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        path.starts_with(&self.path_prefix)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// The `route` label; never `default`, which is the unmatched route.
+    pub name: String,
+    pub applies_to: RequestMatcher,
+}
 
 /// A route's index in [`RouteTable::names`]; 0 is `default`.
 pub type RouteId = usize;
 
 #[derive(Debug, Clone)]
-struct Route {
-    prefix: String,
-    methods: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
 pub struct RouteTable {
     names: Vec<String>,
-    routes: Vec<Route>,
+    matchers: Vec<RequestMatcher>,
 }
 
 impl RouteTable {
-    /// `routes` as (name, path_prefix, methods), in file order.
-    pub fn new(routes: impl IntoIterator<Item = (String, String, Vec<String>)>) -> Self {
-        let mut names = vec!["default".to_string()];
-        let mut table = Vec::new();
-        for (name, prefix, methods) in routes {
-            names.push(name);
-            table.push(Route { prefix, methods });
-        }
-        RouteTable {
-            names,
-            routes: table,
-        }
+    /// The routes in file order.
+    pub fn new(routes: &[RouteSpec]) -> Self {
+        let names = std::iter::once("default".to_string())
+            .chain(routes.iter().map(|r| r.name.clone()))
+            .collect();
+        let matchers = routes.iter().map(|r| r.applies_to.clone()).collect();
+        RouteTable { names, matchers }
     }
 
     /// Route names; index 0 is `default`.
@@ -37,15 +63,14 @@ impl RouteTable {
         &self.names
     }
 
+    /// The route of a request: the matching one with the longest prefix
+    /// (the first of equals), else `default`.
     pub fn find(&self, method: &str, path: &str) -> RouteId {
         let mut best: Option<(usize, RouteId)> = None;
-        for (i, r) in self.routes.iter().enumerate() {
-            let method_ok = r.methods.is_empty() || r.methods.iter().any(|m| m == method);
-            if method_ok
-                && path.starts_with(&r.prefix)
-                && best.is_none_or(|(len, _)| r.prefix.len() > len)
-            {
-                best = Some((r.prefix.len(), i + 1));
+        for (i, m) in self.matchers.iter().enumerate() {
+            let longer = best.is_none_or(|(len, _)| m.path_prefix.len() > len);
+            if longer && m.matches(method, path) {
+                best = Some((m.path_prefix.len(), i + 1));
             }
         }
         best.map_or(0, |(_, id)| id)
@@ -57,15 +82,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn matchers_take_a_prefix_and_methods() {
+        let post = RequestMatcher::new("/v1/auth", &["POST"]);
+        assert!(post.matches("POST", "/v1/auth/login"));
+        assert!(!post.matches("GET", "/v1/auth/login"));
+        assert!(!post.matches("POST", "/v1/docs"));
+        assert!(RequestMatcher::any().matches("DELETE", "/anything"));
+    }
+
+    #[test]
     fn longest_prefix_and_methods() {
-        let t = RouteTable::new([
-            ("api".to_string(), "/v1".to_string(), vec![]),
-            (
-                "ocr".to_string(),
-                "/v1/ocr".to_string(),
-                vec!["POST".to_string()],
-            ),
-        ]);
+        let route = |name: &str, prefix, methods| RouteSpec {
+            name: name.into(),
+            applies_to: RequestMatcher::new(prefix, methods),
+        };
+        let t = RouteTable::new(&[route("api", "/v1", &[]), route("ocr", "/v1/ocr", &["POST"])]);
         assert_eq!(t.names()[t.find("POST", "/v1/ocr/scan")], "ocr");
         assert_eq!(t.names()[t.find("GET", "/v1/ocr/scan")], "api");
         assert_eq!(t.names()[t.find("GET", "/health")], "default");

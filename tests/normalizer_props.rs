@@ -2,7 +2,7 @@
 //! the normalizer never panics and always yields a valid envelope.
 
 use proptest::prelude::*;
-use tollgate::normalize::{normalize, ErrorTable, UpstreamError};
+use tollgate::errors::{normalize, ErrorTable, UpstreamError};
 
 fn content_type() -> impl Strategy<Value = Option<String>> {
     prop_oneof![

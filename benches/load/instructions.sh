@@ -101,5 +101,5 @@ print(f"instructions per request: bare Pingora {bare:,.0f}, tollgate {tg:,.0f}, 
 PY
 echo "tollgate's own hooks (inclusive instructions over $requests requests):"
 callgrind_annotate --inclusive=yes "$(ls "$work"/cg.tollgate.* | grep -v 'cg.tollgate$' | tail -n 1)" 2>/dev/null \
-  | grep -E "gateway.rs:<tollgate::gateway::Gateway as .*ProxyHttp>::[a-z_]+::\{\{closure\}\}" \
+  | grep -E "gateway.rs:<tollgate::proxy::gateway::Gateway as .*ProxyHttp>::[a-z_]+::\{\{closure\}\}" \
   | sed -E 's#^( *[0-9,]+) .*ProxyHttp>::([a-z_]+)::.*#\1  \2#' | sort -u -k2,2 | sort -rn

@@ -294,10 +294,10 @@ fn kubernetes_manifests_match_the_config_they_carry() {
         .as_str()
         .expect("tollgate.toml in the ConfigMap");
     let cfg = Config::parse(Path::new("configmap.yaml"), toml).unwrap_or_else(|e| panic!("{e}"));
-    let listen_port = cfg.file.server.listen.0[0].port();
-    let admin_port = cfg.file.server.admin_listen.port();
+    let listen_port = cfg.server.listen[0].port();
+    let admin_port = cfg.server.admin_listen.port();
     assert!(
-        cfg.file.server.admin_listen.ip().is_unspecified(),
+        cfg.server.admin_listen.ip().is_unspecified(),
         "probes reach the admin listener"
     );
 
@@ -335,7 +335,7 @@ fn kubernetes_manifests_match_the_config_they_carry() {
         .as_u64()
         .expect("grace");
     assert!(
-        grace > cfg.file.server.grace_period.0.as_secs() + 1,
+        grace > cfg.server.grace_period.as_secs() + 1,
         "room for the drain"
     );
     assert!(gw["resources"]["requests"]["memory"].is_string());
@@ -345,7 +345,7 @@ fn kubernetes_manifests_match_the_config_they_carry() {
         .flat_map(|c| c["ports"].as_sequence().cloned().unwrap_or_default())
         .filter_map(|p| p["containerPort"].as_u64())
         .collect();
-    assert!(app_ports.contains(&u64::from(cfg.upstream_addr.port())));
+    assert!(app_ports.contains(&u64::from(cfg.upstream.addr.port())));
 
     let kinds: BTreeSet<String> = ["service.yaml", "servicemonitor.yaml", "pdb.yaml"]
         .iter()

@@ -10,8 +10,9 @@
 //!   with no sweeper.
 //! - All of a request's keys share one hash tag (the client), so a decision
 //!   touches one slot in Redis Cluster.
-//! - A decision that fails or takes longer than `redis_timeout` falls back
-//!   to `on_backend_error`; after a failure Redis is skipped for
+//! - A decision that fails or takes longer than `redis_timeout` is
+//!   [`Unreachable`], and the [`Limiter`](super::Limiter) applies
+//!   `on_backend_error`; after a failure Redis is skipped for
 //!   [`RETRY_AFTER_FAILURE`] so a dead Redis costs requests nothing, then
 //!   tried again: recovery needs no restart.
 
@@ -22,9 +23,8 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
-use crate::client_ip::ClientKey;
-use crate::config::OnBackendError;
-use crate::rate_limit::{Decision, RateLimiter, RuleSet, RuleSpec, RuleState};
+use super::{Decision, Denial, RuleSet, RuleSpec, RuleState};
+use crate::client::ClientKey;
 
 /// How long Redis is left alone after a failed decision.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
@@ -76,20 +76,16 @@ enum Conn {
     Cluster(redis::cluster::ClusterClient, OnceCell<ClusterConnection>),
 }
 
-/// What the gateway should do with a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Decided(Decision),
-    /// `on_backend_error = "deny"` and the backend failed: answer 503.
-    Unavailable,
-}
+/// Redis did not decide: it failed, timed out, or is being left alone
+/// after a recent failure. Counted and logged here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable;
 
 pub struct RedisLimiter {
     target: RedisTarget,
     conn: Conn,
     script: redis::Script,
     timeout: Duration,
-    policy: OnBackendError,
     errors: prometheus::IntCounter,
     degraded: AtomicBool,
     /// Milliseconds after `epoch` before which Redis is not tried.
@@ -102,7 +98,6 @@ impl RedisLimiter {
     pub fn new(
         target: RedisTarget,
         timeout: Duration,
-        policy: OnBackendError,
         errors: prometheus::IntCounter,
     ) -> Result<RedisLimiter, String> {
         let conn = match &target {
@@ -121,7 +116,6 @@ impl RedisLimiter {
             conn,
             script: redis::Script::new(GCRA_SCRIPT),
             timeout,
-            policy,
             errors,
             degraded: AtomicBool::new(false),
             skip_until_ms: AtomicU64::new(0),
@@ -137,37 +131,25 @@ impl RedisLimiter {
         self.timeout
     }
 
-    pub fn policy(&self) -> OnBackendError {
-        self.policy
-    }
-
     /// True while decisions fall back to `on_backend_error`.
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    /// Decide for one request: Redis, or the failure policy.
+    /// Decide the `matched` rules for one client.
     pub async fn decide(
         &self,
-        method: &str,
-        path: &str,
         key: &ClientKey,
         rules: &[RuleSpec],
-        local: &RateLimiter,
-    ) -> Outcome {
-        let matched: RuleSet = (0..rules.len())
-            .filter(|&i| rules[i].matches(method, path))
-            .collect();
-        if matched.is_empty() {
-            return Outcome::Decided(Decision::default());
-        }
+        matched: RuleSet,
+    ) -> Result<Decision, Unreachable> {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         if now_ms >= self.skip_until_ms.load(Ordering::Relaxed) {
             let call = tokio::time::timeout(self.timeout, self.eval(key, rules, matched)).await;
             let failure = match call {
                 Ok(Ok(decision)) => {
                     self.mark_healthy();
-                    return Outcome::Decided(decision);
+                    return Ok(decision);
                 }
                 Ok(Err(e)) => e,
                 Err(_) => format!("no answer within {:?}", self.timeout),
@@ -175,14 +157,7 @@ impl RedisLimiter {
             self.mark_failed(&failure);
         }
         self.errors.inc();
-        match self.policy {
-            OnBackendError::Local => Outcome::Decided(local.check(method, path, key)),
-            OnBackendError::Allow => Outcome::Decided(Decision {
-                matched,
-                ..Decision::default()
-            }),
-            OnBackendError::Deny => Outcome::Unavailable,
-        }
+        Err(Unreachable)
     }
 
     fn mark_healthy(&self) {
@@ -199,7 +174,6 @@ impl RedisLimiter {
             tracing::warn!(
                 target = ?self.target,
                 error = why,
-                policy = ?self.policy,
                 "redis rate-limit backend unavailable; applying on_backend_error until it answers again"
             );
         }
@@ -299,16 +273,13 @@ fn decision_from(raw: &[i64], rules: &[RuleSpec], matched: RuleSet) -> Decision 
             reset_secs: ceil_secs_us(chunk[3]),
         };
         if chunk[0] == 0 {
-            d.tightest = Some(state);
-            d.denied = Some((state, ceil_secs_us(chunk[2]).max(1)));
+            d.deny(Denial {
+                state,
+                retry_after_secs: ceil_secs_us(chunk[2]).max(1),
+            });
             return d;
         }
-        let tighter = d
-            .tightest
-            .is_none_or(|t| (state.remaining, state.limit) < (t.remaining, t.limit));
-        if tighter {
-            d.tightest = Some(state);
-        }
+        d.allow(state);
     }
     d
 }
@@ -320,8 +291,7 @@ mod tests {
     fn rules() -> Vec<RuleSpec> {
         let r = |name: &str, limit| RuleSpec {
             name: name.into(),
-            path_prefix: "/".into(),
-            methods: vec![],
+            applies_to: crate::routes::RequestMatcher::any(),
             limit,
             period: Duration::from_secs(60),
             burst: limit,
@@ -346,8 +316,14 @@ mod tests {
             &rules(),
             [0, 1].into_iter().collect(),
         );
-        let (state, retry) = d.denied.unwrap();
-        assert_eq!((state.rule, retry, state.reset_secs), (1, 12, 60));
+        let Denial {
+            state,
+            retry_after_secs,
+        } = d.denied.unwrap();
+        assert_eq!(
+            (state.rule, retry_after_secs, state.reset_secs),
+            (1, 12, 60)
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The Prometheus registry (SPEC §5). Labels are bounded: route and rule
+//! The Prometheus registry (docs/metrics.md). Labels are bounded: route and rule
 //! names from the config, status codes, and fixed kinds; never paths, IPs
 //! or ids. Families with label values known in advance start at zero so
 //! `rate()` and alerts work before the first event.
@@ -11,7 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::normalize::Source;
+use crate::errors::Source;
 
 /// Upstream failure kinds (`tollgate_upstream_failures_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,20 +6,20 @@
 //! start: a reload that changes them says so in the log and keeps the old
 //! values until a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError, ServerConfig};
-use crate::metrics::Metrics;
-use crate::runtime::Runtime;
+use super::runtime::Runtime;
+use crate::config::{Config, ConfigError, ServerSettings};
+use crate::observe::Metrics;
 
 pub struct Live {
     path: PathBuf,
     current: ArcSwap<Runtime>,
     /// The `[server]` the process was started with.
-    boot: ServerConfig,
+    boot: ServerSettings,
     metrics: Arc<Metrics>,
     /// One reload at a time.
     reloading: Mutex<()>,
@@ -39,7 +39,7 @@ impl Live {
         Live {
             path,
             current: ArcSwap::from_pointee(Runtime::new(cfg, metrics.clone())),
-            boot: cfg.file.server.clone(),
+            boot: cfg.server.clone(),
             metrics,
             reloading: Mutex::new(()),
         }
@@ -54,6 +54,11 @@ impl Live {
         &self.metrics
     }
 
+    /// The config file this process reloads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Re-read the file and swap the runtime in; counted in
     /// `tollgate_config_reloads_total` and logged either way.
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
@@ -61,7 +66,7 @@ impl Live {
         let result = Config::load(&self.path).map(|cfg| {
             let (next, kept_rules) = self.current.load().reconfigured(&cfg);
             self.current.store(Arc::new(next));
-            let needs_restart = self.restart_only_changes(&cfg.file.server);
+            let needs_restart = self.restart_only_changes(&cfg.server);
             Reloaded {
                 kept_rules,
                 needs_restart,
@@ -89,7 +94,7 @@ impl Live {
         result
     }
 
-    fn restart_only_changes(&self, new: &ServerConfig) -> Vec<&'static str> {
+    fn restart_only_changes(&self, new: &ServerSettings) -> Vec<&'static str> {
         let old = &self.boot;
         let mut changed = Vec::new();
         if old.listen != new.listen {

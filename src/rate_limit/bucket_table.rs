@@ -33,7 +33,7 @@ use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
 
-use crate::client_ip::ClientKey;
+use crate::client::ClientKey;
 
 /// Keyed per process with a random seed, so an attacker who picks client
 /// addresses cannot aim them at one shard or probe run; several times
@@ -177,6 +177,7 @@ impl Prefetcher {
 /// A hint to the CPU; any address is fine (no fault, no read of memory
 /// in the language's sense).
 #[inline(always)]
+#[allow(unsafe_code)]
 fn prefetch_line(addr: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: PREFETCHT0 is part of SSE, which every x86_64 CPU has, and

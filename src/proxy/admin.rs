@@ -19,8 +19,9 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::live::{Live, Reloaded};
+use crate::config::ConfigError;
 use crate::http1::{full, read_request};
-use crate::reload::Live;
 
 /// An admin connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(30);
@@ -65,20 +66,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Reload on a blocking thread: it reads a file and may resolve a name.
-pub async fn reload_off_thread(
-    live: &Arc<Live>,
-) -> Result<crate::reload::Reloaded, crate::config::ConfigError> {
+pub async fn reload_off_thread(live: &Arc<Live>) -> Result<Reloaded, ConfigError> {
     let live = live.clone();
+    let path = live.path().to_path_buf();
     match tokio::task::spawn_blocking(move || live.reload()).await {
         Ok(result) => result,
-        Err(e) => Err(crate::config::ConfigError {
-            file: Default::default(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message: format!("reload task failed: {e}"),
-            source_line: String::new(),
-        }),
+        Err(e) => Err(ConfigError::unplaced(
+            &path,
+            format!("reload task failed: {e}"),
+        )),
     }
 }
 
@@ -123,8 +119,8 @@ impl Endpoints {
                 let state = self.readiness.state();
                 let code = if state == "ready" { 200 } else { 503 };
                 let mut body = json!({ "status": state });
-                if let Some(redis) = &self.live.runtime().redis {
-                    let backend = if redis.is_degraded() { "degraded" } else { "ok" };
+                if let Some(degraded) = self.live.runtime().limiter.shared_backend_degraded() {
+                    let backend = if degraded { "degraded" } else { "ok" };
                     body["rate_limit_backend"] = json!({ "redis": backend });
                 }
                 (code, json, body.to_string().into_bytes())
@@ -201,9 +197,17 @@ impl BackgroundService for Admin {
     }
 }
 
+/// A running tollgate's answer to `POST /reload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadAnswer {
+    /// It took the file (200).
+    pub accepted: bool,
+    /// Its JSON answer: the kept rules, or why it refused the file.
+    pub body: String,
+}
+
 /// `tollgate reload`: POST /reload to a running tollgate's admin listener.
-/// Returns whether it took the file, and its answer.
-pub fn request_reload(admin: SocketAddr) -> std::io::Result<(bool, String)> {
+pub fn request_reload(admin: SocketAddr) -> std::io::Result<ReloadAnswer> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -212,10 +216,10 @@ pub fn request_reload(admin: SocketAddr) -> std::io::Result<(bool, String)> {
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
-    let ok = answer.starts_with("HTTP/1.1 200");
+    let accepted = answer.starts_with("HTTP/1.1 200");
     let body = answer
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .to_string();
-    Ok((ok, body))
+    Ok(ReloadAnswer { accepted, body })
 }

@@ -12,11 +12,11 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::admin::{self, Admin, Readiness};
+use super::admin::{self, Admin, Readiness};
+use super::gateway::Gateway;
+use super::live::Live;
 use crate::config::Config;
-use crate::gateway::Gateway;
-use crate::metrics::Metrics;
-use crate::reload::Live;
+use crate::observe::Metrics;
 
 /// Sweeps idle keys from whichever runtime is current.
 struct Janitor {
@@ -75,32 +75,30 @@ pub struct Launch {
 /// Build the server for a validated config and run it; returns only if
 /// the start fails.
 pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
-    let f = &cfg.file;
-    let rule_names: Vec<String> = f
+    let s = &cfg.server;
+    let rule_names: Vec<String> = cfg
         .rate_limit
+        .limiter
         .rules
         .iter()
-        .map(|r| r.name.get_ref().clone())
+        .map(|r| r.name.clone())
         .collect();
     let metrics = Arc::new(Metrics::new(&rule_names));
     let live = Arc::new(Live::new(launch.config_path, &cfg, metrics));
     let readiness = Arc::new(Readiness::default());
-    let admin_socket = match admin::bind(f.server.admin_listen) {
+    let admin_socket = match admin::bind(s.admin_listen) {
         Ok(s) => s,
         Err(e) => {
-            return std::io::Error::new(
-                e.kind(),
-                format!("admin_listen {}: {e}", f.server.admin_listen),
-            )
+            return std::io::Error::new(e.kind(), format!("admin_listen {}: {e}", s.admin_listen))
         }
     };
 
     let conf = ServerConf {
-        threads: f.server.threads,
-        grace_period_seconds: Some(f.server.grace_period.0.as_secs()),
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
-        ca_file: (!f.upstream.ca_file.is_empty()).then(|| f.upstream.ca_file.clone()),
-        upgrade_sock: f.server.upgrade_sock.clone(),
+        ca_file: cfg.upstream.ca_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -115,7 +113,7 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
         Gateway::new(live.clone()),
         "tollgate",
     );
-    for addr in &f.server.listen.0 {
+    for addr in &s.listen {
         // No read buffer in front of the socket: Pingora reads requests into
         // buffers of its own, and the default 64 KiB one (zero-filled when
         // the connection is accepted) made 64 MB of a 1,000-connection
@@ -127,13 +125,12 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     }
     if let Some(logic) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
-        options.h2c = f.server.h2c;
+        options.h2c = s.h2c;
         logic.server_options = Some(options);
     }
-    let sweep_every = f
+    let sweep_every = cfg
         .rate_limit
         .sweep_interval
-        .0
         .max(Duration::from_millis(100));
 
     server.add_service(proxy);
@@ -150,9 +147,9 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     ));
     server.add_service(background_service("tollgate reloader", Reloader { live }));
     tracing::info!(
-        listen = ?f.server.listen.0,
-        admin = %f.server.admin_listen,
-        upstream = %cfg.upstream_addr,
+        listen = ?s.listen,
+        admin = %s.admin_listen,
+        upstream = %cfg.upstream.addr,
         "tollgate starting"
     );
     server.run_forever()

@@ -1,4 +1,5 @@
-//! Per-client GCRA token buckets (governor), one table per rule.
+//! The local backend: per-client GCRA token buckets (governor), one
+//! bounded table per rule, in this process.
 //!
 //! Approximations, and their bounds:
 //! - A request is checked against its matching rules in file order and
@@ -11,7 +12,7 @@
 //!   rule's own quota) until the sweeper frees room, so a flood of distinct
 //!   addresses is limited as one client and never grows the table. Every
 //!   such decision is counted (`overflow_total`). The table's layout and
-//!   its costs are in [`crate::bucket_table`].
+//!   its costs are in [`super::bucket_table`].
 //! - The sweeper drops keys whose bucket has been full again for at least
 //!   one replenish interval (governor's `retain_recent`): such a key is
 //!   indistinguishable from a new client, so sweeping never changes a
@@ -26,113 +27,20 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::{NotUntil, Quota};
 
-use crate::bucket_table::{BucketTable, Prefetcher};
-use crate::client_ip::ClientKey;
+use super::bucket_table::{BucketTable, Prefetcher};
+use super::{Decision, Denial, RuleSpec, RuleState};
+use crate::client::ClientKey;
 
-/// One rule from the config, as the limiter needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleSpec {
-    pub name: String,
-    pub path_prefix: String,
-    /// Empty: every method.
-    pub methods: Vec<String>,
-    pub limit: u32,
-    pub period: Duration,
-    pub burst: u32,
-}
-
-impl RuleSpec {
-    pub fn matches(&self, method: &str, path: &str) -> bool {
-        path.starts_with(&self.path_prefix)
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-    }
-
-    fn quota(&self) -> Quota {
-        let limit = NonZeroU32::new(self.limit.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(self.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        // governor counts in u64 nanoseconds and panics past 584 years:
-        // clamp so a full burst refills within MAX_REFILL (config refuses
-        // longer ones; this guards other callers).
-        let longest = crate::config::MAX_REFILL / burst.get();
-        let interval = (self.period / limit.get()).clamp(
-            Duration::from_nanos(1),
-            longest.max(Duration::from_nanos(1)),
-        );
-        Quota::with_period(interval)
-            .unwrap_or_else(|| Quota::per_second(limit))
-            .allow_burst(burst)
-    }
-
-    /// Seconds in the window, for the IETF `w` parameter.
-    pub fn window_secs(&self) -> u64 {
-        self.period.as_secs_f64().ceil() as u64
-    }
+/// governor's quota for a rule.
+fn quota(spec: &RuleSpec) -> Quota {
+    let limit = NonZeroU32::new(spec.limit.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(spec.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(spec.replenish_interval())
+        .unwrap_or_else(|| Quota::per_second(limit))
+        .allow_burst(burst)
 }
 
 type Buckets<C> = governor::RateLimiter<ClientKey, BucketTable, C, StateInformationMiddleware>;
-
-/// The state of one rule's bucket after a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RuleState {
-    /// Index of the rule in [`RateLimiter::rules`].
-    pub rule: usize,
-    pub limit: u32,
-    pub remaining: u32,
-    /// Whole seconds until the bucket is full again (rounded up).
-    pub reset_secs: u64,
-}
-
-/// A set of rule indices; a config has at most [`RuleSet::CAPACITY`]
-/// rules, so a request's matching rules fit one word (no allocation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RuleSet(u64);
-
-impl RuleSet {
-    pub const CAPACITY: usize = 64;
-
-    pub fn insert(&mut self, i: usize) {
-        if i < Self::CAPACITY {
-            self.0 |= 1 << i;
-        }
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// Indices in increasing order.
-    pub fn iter(self) -> impl Iterator<Item = usize> {
-        let mut bits = self.0;
-        std::iter::from_fn(move || {
-            if bits == 0 {
-                return None;
-            }
-            let i = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            Some(i)
-        })
-    }
-}
-
-impl FromIterator<usize> for RuleSet {
-    fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Self {
-        let mut set = RuleSet::default();
-        iter.into_iter().for_each(|i| set.insert(i));
-        set
-    }
-}
-
-/// The outcome for one request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Decision {
-    /// Set when the request is refused: the rule that refused it and the
-    /// whole seconds to wait (rounded up, at least 1).
-    pub denied: Option<(RuleState, u64)>,
-    /// The rule with the least remaining capacity, for the headers.
-    pub tightest: Option<RuleState>,
-    /// Every rule that matched, for `RateLimit-Policy`.
-    pub matched: RuleSet,
-}
 
 struct Rule<C: Clock> {
     spec: RuleSpec,
@@ -156,7 +64,7 @@ impl<C: Clock> Rule<C> {
 }
 
 /// All rules' tables.
-pub struct RateLimiter<C: Clock = DefaultClock> {
+pub struct LocalLimiter<C: Clock = DefaultClock> {
     rules: Vec<Rule<C>>,
     clock: C,
 }
@@ -170,13 +78,13 @@ fn ceil_secs(d: Duration) -> u64 {
     }
 }
 
-impl RateLimiter<DefaultClock> {
+impl LocalLimiter<DefaultClock> {
     pub fn new(specs: Vec<RuleSpec>, max_keys: usize) -> Self {
         Self::with_clock(specs, max_keys, DefaultClock::default())
     }
 }
 
-impl<C: Clock + Clone> RateLimiter<C> {
+impl<C: Clock + Clone> LocalLimiter<C> {
     pub fn with_clock(specs: Vec<RuleSpec>, max_keys: usize, clock: C) -> Self {
         Self::build(specs, max_keys, clock, None)
     }
@@ -215,7 +123,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
                         max_keys,
                     };
                 }
-                let quota = spec.quota();
+                let quota = quota(&spec);
                 let overflow = Arc::new(AtomicU64::new(0));
                 let store = BucketTable::new(max_keys, overflow.clone());
                 let prefetcher = store.prefetcher();
@@ -230,7 +138,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 }
             })
             .collect();
-        RateLimiter { rules, clock }
+        LocalLimiter { rules, clock }
     }
 
     pub fn rules(&self) -> impl ExactSizeIterator<Item = &RuleSpec> {
@@ -256,19 +164,9 @@ impl<C: Clock + Clone> RateLimiter<C> {
             }
             decision.matched.insert(i);
             match rule.buckets.check_key(key) {
-                Ok(snapshot) => {
-                    let state = self.allowed_state(i, rule, &snapshot);
-                    let tighter = decision
-                        .tightest
-                        .is_none_or(|t| (state.remaining, state.limit) < (t.remaining, t.limit));
-                    if tighter {
-                        decision.tightest = Some(state);
-                    }
-                }
+                Ok(snapshot) => decision.allow(self.allowed_state(i, rule, &snapshot)),
                 Err(not_until) => {
-                    let (state, retry) = self.denied_state(i, rule, &not_until);
-                    decision.tightest = Some(state);
-                    decision.denied = Some((state, retry));
+                    decision.deny(self.denial(i, rule, &not_until));
                     return decision;
                 }
             }
@@ -287,12 +185,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
         }
     }
 
-    fn denied_state(
-        &self,
-        i: usize,
-        rule: &Rule<C>,
-        nu: &NotUntil<C::Instant>,
-    ) -> (RuleState, u64) {
+    fn denial(&self, i: usize, rule: &Rule<C>, nu: &NotUntil<C::Instant>) -> Denial {
         let wait = nu.wait_time_from(self.clock.now());
         // Saturating: a period of centuries is valid config and must not panic.
         let full = wait.saturating_add(
@@ -305,7 +198,10 @@ impl<C: Clock + Clone> RateLimiter<C> {
             remaining: 0,
             reset_secs: ceil_secs(full),
         };
-        (state, ceil_secs(wait).max(1))
+        Denial {
+            state,
+            retry_after_secs: ceil_secs(wait).max(1),
+        }
     }
 
     /// Drop idle keys (those whose bucket is full again) and give memory back.
@@ -333,6 +229,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::RequestMatcher;
     use governor::clock::FakeRelativeClock;
 
     fn rule(
@@ -345,8 +242,7 @@ mod tests {
     ) -> RuleSpec {
         RuleSpec {
             name: name.into(),
-            path_prefix: prefix.into(),
-            methods: methods.iter().map(|m| m.to_string()).collect(),
+            applies_to: RequestMatcher::new(prefix, methods),
             limit,
             period: Duration::from_millis(period_ms),
             burst,
@@ -363,7 +259,7 @@ mod tests {
                 period,
                 ..rule("r", "/", &[], 1, 1000, u32::MAX)
             };
-            let lim = RateLimiter::new(vec![spec], 10);
+            let lim = LocalLimiter::new(vec![spec], 10);
             for _ in 0..3 {
                 let d = lim.check("GET", "/", &A);
                 let t = d.tightest.expect("the rule matched");
@@ -373,9 +269,12 @@ mod tests {
                 period,
                 ..rule("r", "/", &[], 1, 1000, 1)
             };
-            let lim = RateLimiter::new(vec![one], 10);
+            let lim = LocalLimiter::new(vec![one], 10);
             assert!(lim.check("GET", "/", &A).denied.is_none());
-            let (state, retry) = lim.check("GET", "/", &A).denied.expect("second is denied");
+            let Denial {
+                state,
+                retry_after_secs: retry,
+            } = lim.check("GET", "/", &A).denied.expect("second is denied");
             assert!(retry > 1_000_000 && state.reset_secs >= retry);
         }
     }
@@ -385,7 +284,7 @@ mod tests {
         let clock = FakeRelativeClock::default();
         // 5 per second, burst 5: one token every 200ms.
         let lim =
-            RateLimiter::with_clock(vec![rule("r", "/", &[], 5, 1000, 5)], 100, clock.clone());
+            LocalLimiter::with_clock(vec![rule("r", "/", &[], 5, 1000, 5)], 100, clock.clone());
         for expected_remaining in (0..5).rev() {
             let d = lim.check("GET", "/x", &A);
             assert!(d.denied.is_none());
@@ -394,7 +293,10 @@ mod tests {
             assert_eq!(t.limit, 5);
         }
         let d = lim.check("GET", "/x", &A);
-        let (state, retry) = d.denied.expect("sixth request is denied");
+        let Denial {
+            state,
+            retry_after_secs: retry,
+        } = d.denied.expect("sixth request is denied");
         assert_eq!(state.remaining, 0);
         assert_eq!(retry, 1, "200ms rounds up to 1s");
         assert_eq!(state.reset_secs, 1, "200ms + 4 x 200ms = 1s until full");
@@ -406,13 +308,13 @@ mod tests {
     fn refills_over_time() {
         let clock = FakeRelativeClock::default();
         let lim =
-            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 10_000, 2)], 100, clock.clone());
+            LocalLimiter::with_clock(vec![rule("r", "/", &[], 1, 10_000, 2)], 100, clock.clone());
         assert!(lim.check("GET", "/", &A).denied.is_none());
         assert!(lim.check("GET", "/", &A).denied.is_none());
-        let (_, retry) = lim.check("GET", "/", &A).denied.unwrap();
+        let retry = lim.check("GET", "/", &A).denied.unwrap().retry_after_secs;
         assert_eq!(retry, 10);
         clock.advance(Duration::from_secs(9));
-        let (_, retry) = lim.check("GET", "/", &A).denied.unwrap();
+        let retry = lim.check("GET", "/", &A).denied.unwrap().retry_after_secs;
         assert_eq!(retry, 1);
         clock.advance(Duration::from_secs(1));
         let d = lim.check("GET", "/", &A);
@@ -430,7 +332,7 @@ mod tests {
     fn denials_consume_nothing() {
         let clock = FakeRelativeClock::default();
         let lim =
-            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 1000, 1)], 100, clock.clone());
+            LocalLimiter::with_clock(vec![rule("r", "/", &[], 1, 1000, 1)], 100, clock.clone());
         assert!(lim.check("GET", "/", &A).denied.is_none());
         for _ in 0..100 {
             assert!(lim.check("GET", "/", &A).denied.is_some());
@@ -442,7 +344,7 @@ mod tests {
     #[test]
     fn every_matching_rule_is_checked() {
         let clock = FakeRelativeClock::default();
-        let lim = RateLimiter::with_clock(
+        let lim = LocalLimiter::with_clock(
             vec![
                 rule("default", "/", &[], 100, 1000, 100),
                 rule("auth", "/v1/auth", &["POST"], 2, 60_000, 2),
@@ -461,7 +363,10 @@ mod tests {
         assert_eq!(d.tightest.unwrap().rule, 1, "auth is tighter");
         assert_eq!(d.tightest.unwrap().remaining, 1);
         assert!(lim.check("POST", "/v1/auth/login", &A).denied.is_none());
-        let (state, retry) = lim.check("POST", "/v1/auth/login", &A).denied.unwrap();
+        let Denial {
+            state,
+            retry_after_secs: retry,
+        } = lim.check("POST", "/v1/auth/login", &A).denied.unwrap();
         assert_eq!(state.rule, 1);
         assert_eq!(retry, 30);
         // Other paths still pass for the same client.
@@ -472,7 +377,7 @@ mod tests {
     fn sweep_drops_idle_keys_only() {
         let clock = FakeRelativeClock::default();
         let lim =
-            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 1000, 1)], 100, clock.clone());
+            LocalLimiter::with_clock(vec![rule("r", "/", &[], 1, 1000, 1)], 100, clock.clone());
         lim.check("GET", "/", &A);
         clock.advance(Duration::from_millis(2500));
         lim.check("GET", "/", &B);
@@ -489,7 +394,7 @@ mod tests {
     fn table_never_grows_past_the_cap() {
         let clock = FakeRelativeClock::default();
         let lim =
-            RateLimiter::with_clock(vec![rule("r", "/", &[], 1, 60_000, 3)], 10, clock.clone());
+            LocalLimiter::with_clock(vec![rule("r", "/", &[], 1, 60_000, 3)], 10, clock.clone());
         for i in 0..1000u32 {
             lim.check("GET", "/", &ClientKey::V4(i.to_be_bytes()));
         }
@@ -509,11 +414,11 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let a = rule("a", "/", &[], 1, 60_000, 1);
         let b = rule("b", "/", &[], 1, 60_000, 1);
-        let lim = RateLimiter::with_clock(vec![a.clone(), b.clone()], 100, clock.clone());
+        let lim = LocalLimiter::with_clock(vec![a.clone(), b.clone()], 100, clock.clone());
         lim.check("GET", "/", &A);
         // a is unchanged but for its prefix; b gets a new limit.
         let a2 = RuleSpec {
-            path_prefix: "/x".into(),
+            applies_to: RequestMatcher::new("/x", &[]),
             ..a
         };
         let b2 = RuleSpec {
@@ -525,7 +430,7 @@ mod tests {
         assert_eq!(kept, vec!["a".to_string()]);
         let d = next.check("GET", "/x", &A);
         assert_eq!(
-            d.denied.map(|(s, _)| s.rule),
+            d.denied.map(|d| d.state.rule),
             Some(1),
             "a kept A's spent token"
         );
@@ -540,7 +445,7 @@ mod tests {
 
     #[test]
     fn no_rules_no_limits() {
-        let lim = RateLimiter::new(vec![], 10);
+        let lim = LocalLimiter::new(vec![], 10);
         let d = lim.check("GET", "/", &A);
         assert_eq!(d, Decision::default());
     }

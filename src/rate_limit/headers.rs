@@ -1,4 +1,4 @@
-//! The rate-limit response headers (SPEC §2): `X-RateLimit-*`, the IETF
+//! The rate-limit response headers (docs/headers.md): `X-RateLimit-*`, the IETF
 //! draft-11 `RateLimit`/`RateLimit-Policy` pair, both, or none. 429s also
 //! get `Retry-After`, whatever the style.
 //!
@@ -12,9 +12,22 @@
 use std::fmt::Write;
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
 
-use crate::config::HeaderStyle;
-use crate::rate_limit::{Decision, RuleSpec};
+use super::{Decision, RuleSpec};
+
+/// Which rate-limit headers go out (`rate_limit.headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeaderStyle {
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+    XRatelimit,
+    /// The IETF draft's `RateLimit` and `RateLimit-Policy`.
+    Ietf,
+    Both,
+    /// None but `Retry-After` on a 429.
+    None,
+}
 
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -65,8 +78,8 @@ impl Renderer {
         rules: &[RuleSpec],
         mut out: impl FnMut(HeaderName, HeaderValue),
     ) {
-        if let Some((_, retry_after)) = decision.denied {
-            out(RETRY_AFTER, int_value(retry_after));
+        if let Some(denial) = decision.denied {
+            out(RETRY_AFTER, int_value(denial.retry_after_secs));
         }
         let Some(t) = decision.tightest else {
             return;
@@ -190,7 +203,8 @@ fn push_text(out: &mut impl FnMut(HeaderName, HeaderValue), name: &HeaderName, t
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rate_limit::RuleState;
+    use crate::rate_limit::{Denial, RuleState};
+    use crate::routes::RequestMatcher;
     use std::time::Duration;
 
     #[test]
@@ -206,8 +220,7 @@ mod tests {
     fn rules() -> Vec<RuleSpec> {
         let r = |name: &str, limit, secs| RuleSpec {
             name: name.into(),
-            path_prefix: "/".into(),
-            methods: vec![],
+            applies_to: RequestMatcher::any(),
             limit,
             period: Duration::from_secs(secs),
             burst: limit,
@@ -223,7 +236,10 @@ mod tests {
             reset_secs: 42,
         };
         Decision {
-            denied: Some((state, 3)),
+            denied: Some(Denial {
+                state,
+                retry_after_secs: 3,
+            }),
             tightest: Some(state),
             matched: [0, 1].into_iter().collect(),
         }

@@ -1,4 +1,4 @@
-//! Structured logs (SPEC §6): one JSON line per request that ends non-2xx
+//! Structured logs (docs/metrics.md, "Access log"): one JSON line per request that ends non-2xx
 //! (or every request with `log.all_requests`). Only the fields below are
 //! ever logged: never bodies, query strings, cookies or credentials.
 
@@ -8,7 +8,7 @@ use time::macros::format_description;
 use tracing_subscriber::fmt::time::UtcTime;
 use tracing_subscriber::EnvFilter;
 
-use crate::normalize::push_json_str;
+use crate::errors::json::push_json_str;
 
 /// What one request's log line says.
 #[derive(Debug, Default)]
@@ -49,12 +49,10 @@ pub fn enabled() -> bool {
 /// `target`, `message`, then the fields; absent ones left out), written
 /// directly into a per-thread buffer and out in one `write`.
 ///
-/// Why not a `tracing` event: tracing-subscriber's JSON formatter costs
-/// ~29,000 instructions a line (it checks each small piece it writes for
-/// UTF-8 and escapes strings character by character), more than the rest
-/// of a 429; this writer costs ~2,900, about what NGINX spends on its
-/// error-log line for a rejected request (`benches/load/instructions.sh
-/// 4000 /ok 1` with and without `LOGGED=1`).
+/// Why not a `tracing` event: tracing-subscriber's JSON formatter checks
+/// each small piece it writes for UTF-8 and escapes strings character by
+/// character, which cost more than the rest of a 429; this writer costs a
+/// tenth of that (docs/performance.md, "Access lines").
 pub fn emit(r: &AccessRecord<'_>) {
     LINE.with(|line| {
         let Ok(mut line) = line.try_borrow_mut() else {
@@ -94,7 +92,7 @@ fn write_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: std::time::SystemTim
     if let Some(ip) = r.client_ip {
         let mut buf = [0u8; 45];
         out.extend_from_slice(br#","client_ip":""#);
-        out.extend_from_slice(crate::client_ip::ip_text(ip, &mut buf));
+        out.extend_from_slice(crate::client::ip_text(ip, &mut buf));
         out.push(b'"');
     }
     str_field(out, "request_id", Some(r.request_id));

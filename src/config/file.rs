@@ -1,0 +1,279 @@
+//! The file's schema: what serde reads from the TOML, before any check
+//! across fields. `deny_unknown_fields` everywhere: a typo is an error,
+//! never a silently ignored key. Nothing outside `config` sees these
+//! types; [`super::compile`] turns them into the domain's.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::errors::StatusOverride;
+use crate::rate_limit::{HeaderStyle, OnBackendError};
+
+/// A duration written with a unit: `"500ms"`, `"1s"`, `"1m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            format!("`{s}` has no unit; write e.g. \"500ms\", \"1s\", \"1m\", \"1h\"")
+        })?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` does not start with a whole number"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{s}`; use ms, s, m or h"
+                ))
+            }
+        };
+        Ok(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HumanDuration::parse(&s)
+            .map(HumanDuration)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// `listen = "addr"` or `listen = ["addr", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen(pub Vec<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Listen;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address like \"0.0.0.0:8080\" or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Listen, E> {
+                parse_socket_addr(v)
+                    .map(|a| Listen(vec![a]))
+                    .map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Listen, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(parse_socket_addr(&s).map_err(de::Error::custom)?);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom("at least one listen address is needed"));
+                }
+                Ok(Listen(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")")
+    })
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_socket_addr(&s).map_err(de::Error::custom)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: Listen,
+    #[serde(deserialize_with = "socket_addr")]
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub max_request_body_bytes: u64,
+    pub grace_period: HumanDuration,
+    pub h2c: bool,
+    /// The Unix socket a new binary takes the listeners over from
+    /// (`tollgate --upgrade`, then SIGQUIT to the old process).
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: Listen(vec![SocketAddr::from(([0, 0, 0, 0], 8080))]),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            threads: 2,
+            max_request_body_bytes: 10_485_760,
+            grace_period: HumanDuration(Duration::from_secs(10)),
+            h2c: true,
+            upgrade_sock: "/tmp/tollgate-upgrade.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port`; resolved when the file is loaded.
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub sni: String,
+    #[serde(default)]
+    pub ca_file: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: HumanDuration,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIpConfig {
+    pub trusted_proxies: Vec<IpNet>,
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        ClientIpConfig {
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+/// `rate_limit.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub backend: Backend,
+    pub redis_url: String,
+    pub on_backend_error: OnBackendError,
+    /// Longest wait for one Redis decision before `on_backend_error` applies.
+    pub redis_timeout: HumanDuration,
+    /// Redis Cluster seed nodes (`redis://host:port`); when set, used
+    /// instead of `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
+    pub max_keys: usize,
+    pub headers: HeaderStyle,
+    /// How often idle keys are swept from the local tables.
+    pub sweep_interval: HumanDuration,
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            backend: Backend::Local,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            on_backend_error: OnBackendError::Local,
+            redis_timeout: HumanDuration(Duration::from_millis(20)),
+            redis_cluster_nodes: Vec::new(),
+            max_keys: 1_000_000,
+            headers: HeaderStyle::XRatelimit,
+            sweep_interval: HumanDuration(Duration::from_secs(10)),
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: Spanned<String>,
+    #[serde(default = "root_prefix")]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub limit: Spanned<u32>,
+    pub period: HumanDuration,
+    pub burst: Option<Spanned<u32>>,
+}
+
+fn root_prefix() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorsConfig {
+    pub max_body_bytes: usize,
+    /// `[errors.by_status.404] type = "...", code = "..."`
+    pub by_status: BTreeMap<String, StatusOverride>,
+}
+
+impl Default for ErrorsConfig {
+    fn default() -> Self {
+        ErrorsConfig {
+            max_body_bytes: 65536,
+            by_status: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Spanned<String>,
+    pub path_prefix: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub item_errors: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log every request, not only the non-2xx ones.
+    pub all_requests: bool,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub client_ip: ClientIpConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}

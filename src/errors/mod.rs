@@ -1,0 +1,101 @@
+//! Errors: every 4xx/5xx leaving the gateway carries one canonical
+//! envelope (docs/errors.md), whatever the upstream said and whether the
+//! upstream or the gateway made the error.
+//!
+//! - [`table`]: status → `type`/`code`, with the config's overrides; the
+//!   envelope of an error the gateway makes itself.
+//! - [`normalize`]: an upstream error body, in any dialect, → the envelope,
+//!   losing nothing (unused fields go to `details`).
+//! - [`decode`]: `Content-Encoding` undone within a byte bound.
+//! - [`collect`]: an upstream error body gathered up to that bound.
+//! - [`json`]: the JSON writing the envelope and the access log share.
+
+pub mod collect;
+pub mod decode;
+pub mod json;
+pub mod normalize;
+pub mod table;
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use collect::CollectedError;
+pub use normalize::{normalize, Normalized, Source, UpstreamError};
+pub use table::{reason_phrase, ErrorTable, StatusOverride};
+
+/// The canonical envelope, `{"error": {...}}`.
+///
+/// Type, code and message borrow the gateway's fixed text (the status
+/// table, its own messages) and own only what came from the upstream or
+/// an override: a 429 allocates none of them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub kind: Cow<'static, str>,
+    pub code: Cow<'static, str>,
+    pub message: Cow<'static, str>,
+    pub request_id: String,
+    pub details: Value,
+}
+
+impl Envelope {
+    /// The JSON bytes the client receives: `{"error":{"type":…,"code":…,
+    /// "message":…,"request_id":…,"details":…}}`, compact, in that order.
+    ///
+    /// Written piece by piece through [`json`] rather than by serializing
+    /// a wrapper, which is several times dearer for the same bytes
+    /// (`to_json_matches_serde_json` checks they are the same).
+    pub fn to_json(&self) -> Vec<u8> {
+        let strings = self.kind.len() + self.code.len() + self.message.len();
+        let mut out = Vec::with_capacity(96 + strings + self.request_id.len());
+        json::write_envelope(
+            &mut out,
+            [&self.kind, &self.code, &self.message, &self.request_id],
+            |out| {
+                // Writing a `Value` into a Vec cannot fail.
+                if serde_json::to_writer(&mut *out, &self.details).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            },
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn to_json_matches_serde_json() {
+        #[derive(Serialize)]
+        struct Wrapper<'a> {
+            error: &'a Envelope,
+        }
+        let strings = [
+            "",
+            "plain",
+            "Too many requests; retry after the time in Retry-After.",
+            "quote \" and backslash \\ and slash /",
+            "control \u{0} \u{1f} \n \t \r \u{7f}",
+            "unicode é ü 日本 🦀 \u{2028} \u{2029}",
+        ];
+        for (i, s) in strings.iter().enumerate() {
+            let e = Envelope {
+                kind: s.to_string().into(),
+                code: strings[(i + 1) % strings.len()].into(),
+                message: strings[(i + 2) % strings.len()].into(),
+                request_id: strings[(i + 3) % strings.len()].to_string(),
+                details: json!({ "retry_after": 3, "s": s, "nested": [1, null, {"k": s}] }),
+            };
+            let serde = serde_json::to_vec(&Wrapper { error: &e }).unwrap();
+            assert_eq!(
+                String::from_utf8(e.to_json()).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
+    }
+}

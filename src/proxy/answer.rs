@@ -1,0 +1,260 @@
+//! The answers the gateway makes itself instead of the upstream's (429,
+//! 413, 503 before proxying; 502, 504, 400, 408, 500 when proxying
+//! fails), and the one way they are sent: the envelope with tollgate's
+//! own headers, whichever path sends it.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, StatusCode};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
+
+use super::ctx::{Ctx, SentError};
+use super::headers::{insert_own_headers, write_own_fields};
+use super::patched;
+use crate::errors::reason_phrase;
+use crate::observe::FailureKind;
+use crate::rate_limit::headers::int_value;
+
+/// An error answer made by the gateway (docs/errors.md, "The gateway's
+/// own errors").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAnswer {
+    pub status: u16,
+    pub message: Cow<'static, str>,
+    /// A 429's `details.retry_after`, in seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl GatewayAnswer {
+    /// 429: a rule's bucket is empty.
+    pub fn rate_limited(retry_after_secs: u64) -> GatewayAnswer {
+        GatewayAnswer {
+            status: 429,
+            message: "Too many requests; retry after the time in Retry-After.".into(),
+            retry_after: Some(retry_after_secs),
+        }
+    }
+
+    /// 503: the shared backend is down under `on_backend_error = "deny"`.
+    pub fn limiter_unavailable() -> GatewayAnswer {
+        GatewayAnswer::plain(503, "Rate limiting is unavailable; try again shortly.")
+    }
+
+    /// 413: the body is over `server.max_request_body_bytes`.
+    pub fn body_too_large(max_request_body: u64) -> GatewayAnswer {
+        GatewayAnswer {
+            status: 413,
+            message: format!(
+                "The request body is larger than the {max_request_body} bytes this gateway accepts."
+            )
+            .into(),
+            retry_after: None,
+        }
+    }
+
+    fn plain(status: u16, message: &'static str) -> GatewayAnswer {
+        GatewayAnswer {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// What a failed attempt to proxy means for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyFailure {
+    /// The client's connection broke: nothing can be sent.
+    ClientGone,
+    Answer {
+        answer: GatewayAnswer,
+        /// Why the upstream gave no usable answer, when it is to blame.
+        upstream: Option<FailureKind>,
+    },
+}
+
+/// Map a proxy error to what the client is told.
+pub fn classify(e: &Error) -> ProxyFailure {
+    use ErrorType::*;
+    let answer = |status, message, upstream| ProxyFailure::Answer {
+        answer: GatewayAnswer::plain(status, message),
+        upstream,
+    };
+    if let HTTPStatus(code) = e.etype() {
+        return answer(*code, reason_phrase(*code), None);
+    }
+    match e.esource() {
+        ErrorSource::Downstream => match e.etype() {
+            ReadError | WriteError | ConnectionClosed => ProxyFailure::ClientGone,
+            ReadTimedout => answer(408, "The request was not received in time.", None),
+            _ => answer(400, "The request could not be read.", None),
+        },
+        ErrorSource::Upstream => match e.etype() {
+            ConnectTimedout | TLSHandshakeTimedout => answer(
+                504,
+                "The upstream did not accept the connection in time.",
+                Some(FailureKind::Timeout),
+            ),
+            ReadTimedout | WriteTimedout => answer(
+                504,
+                "The upstream did not respond in time.",
+                Some(FailureKind::Timeout),
+            ),
+            ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
+            | TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup
+            | ConnectProxyFailure => answer(
+                502,
+                "The upstream could not be reached.",
+                Some(FailureKind::Connect),
+            ),
+            ConnectionClosed | ReadError | WriteError => answer(
+                502,
+                "The upstream closed the connection before a complete response.",
+                Some(FailureKind::Reset),
+            ),
+            _ => answer(
+                502,
+                "The upstream sent an invalid response.",
+                Some(FailureKind::Invalid),
+            ),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => {
+            answer(500, "The gateway failed to handle the request.", None)
+        }
+    }
+}
+
+/// Send a gateway answer: its envelope, `X-Request-Id` and the
+/// rate-limit headers, `Content-Type` and `Content-Length`.
+///
+/// Over HTTP/1 the header fields are written straight to bytes and the
+/// whole response leaves in one write ([`patched::write_prepared_response`]):
+/// no header map is built, filled and serialized again, which was most of
+/// a 429's cost. Over HTTP/2 it goes through a `ResponseHeader`. The bytes
+/// on the wire are the same either way.
+pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -> Result<()> {
+    let GatewayAnswer {
+        status,
+        message,
+        retry_after,
+    } = answer;
+    let code = StatusCode::from_u16(status).or_err(ErrorType::InternalError, "gateway status")?;
+    // One buffer: the envelope, then the header fields after it.
+    let mut buf = Vec::with_capacity(512);
+    ctx.rt.errors.write_gateway_error(
+        &mut buf,
+        status,
+        &message,
+        ctx.request_id.as_str(),
+        retry_after,
+    );
+    let body_len = buf.len();
+    write_own_fields(&mut buf, ctx);
+    buf.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+    buf.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    ctx.sent = Some(SentError::Gateway { status, message });
+    let (body, fields) = buf.split_at(body_len);
+    if patched::write_prepared_response(session, code, fields, body).await? {
+        return Ok(());
+    }
+    let body = Bytes::copy_from_slice(body);
+    // HTTP/2: plain `http` parts (no case map, names pre-parsed, see
+    // `headers::add_to_response`). Pingora adds Date.
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = code;
+    insert_own_headers(&mut parts.headers, ctx, 2);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(CONTENT_LENGTH, int_value(body.len()));
+    let h = ResponseHeader::from(parts);
+    if ctx.head {
+        session.write_response_header(Box::new(h), true).await
+    } else {
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+/// After a failed attempt to proxy: count it, and send its answer if no
+/// response has begun. Returns the status for the log and Pingora (0: the
+/// client is gone).
+pub async fn send_failure(session: &mut Session, ctx: &mut Ctx, failure: ProxyFailure) -> u16 {
+    let ProxyFailure::Answer { answer, upstream } = failure else {
+        return 0;
+    };
+    if let Some(kind) = upstream {
+        ctx.rt.metrics.failure(kind);
+        ctx.failure = Some(kind);
+    }
+    let status = answer.status;
+    ctx.failed_status = Some(status);
+    if session.response_written().is_none() {
+        // The connection is not reused after a failure: say so.
+        session.set_keepalive(None);
+        if let Err(e) = send(session, ctx, answer).await {
+            tracing::debug!(error = %e, "the gateway's error answer could not be sent");
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(e: &Error) -> Option<(u16, Option<FailureKind>)> {
+        match classify(e) {
+            ProxyFailure::ClientGone => None,
+            ProxyFailure::Answer { answer, upstream } => Some((answer.status, upstream)),
+        }
+    }
+
+    #[test]
+    fn proxy_errors_map_to_statuses_and_blame() {
+        enum Side {
+            Downstream,
+            Upstream,
+            Internal,
+        }
+        use ErrorType::*;
+        use Side::*;
+        let at = |side, etype| {
+            let e = match side {
+                Downstream => Error::new_down(etype),
+                Upstream => Error::new_up(etype),
+                Internal => Error::new_in(etype),
+            };
+            status_of(&e)
+        };
+        assert_eq!(at(Downstream, ConnectionClosed), None);
+        assert_eq!(at(Downstream, ReadTimedout), Some((408, None)));
+        assert_eq!(at(Downstream, InvalidHTTPHeader), Some((400, None)));
+        let timeout = Some(FailureKind::Timeout);
+        assert_eq!(at(Upstream, ConnectTimedout), Some((504, timeout)));
+        assert_eq!(at(Upstream, ReadTimedout), Some((504, timeout)));
+        let connect = Some(FailureKind::Connect);
+        assert_eq!(at(Upstream, ConnectRefused), Some((502, connect)));
+        let reset = Some(FailureKind::Reset);
+        assert_eq!(at(Upstream, ConnectionClosed), Some((502, reset)));
+        let invalid = Some(FailureKind::Invalid);
+        assert_eq!(at(Upstream, InvalidHTTPHeader), Some((502, invalid)));
+        assert_eq!(at(Internal, InternalError), Some((500, None)));
+        assert_eq!(at(Upstream, HTTPStatus(413)), Some((413, None)));
+    }
+
+    #[test]
+    fn refusals_carry_their_status_and_retry_after() {
+        assert_eq!(GatewayAnswer::rate_limited(7).status, 429);
+        assert_eq!(GatewayAnswer::rate_limited(7).retry_after, Some(7));
+        assert_eq!(GatewayAnswer::limiter_unavailable().status, 503);
+        let too_large = GatewayAnswer::body_too_large(1024);
+        assert_eq!(too_large.status, 413);
+        assert!(too_large.message.contains("1024 bytes"));
+    }
+}

@@ -1,0 +1,114 @@
+//! The response's way out: tollgate's headers on every upstream answer,
+//! and an upstream 4xx/5xx turned into the envelope.
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::ctx::{Ctx, NormalizedError, SentError};
+use crate::errors::CollectedError;
+
+/// What becomes of an upstream error's body.
+pub enum EnvelopeTiming {
+    /// Gathered from the body as it arrives, sent at its end (or nothing
+    /// to send: a HEAD).
+    AtEndOfBody,
+    /// The upstream declared an empty body, so no body hook will run: this
+    /// envelope goes out now, with the header.
+    Now(Bytes),
+}
+
+/// Ready an upstream 4xx/5xx's header for the envelope that replaces its
+/// body: no length, encoding or validators of the old body, JSON, chunked
+/// over HTTP/1 (the envelope's length is known only at the end).
+pub fn begin_envelope(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    ctx: &mut Ctx,
+) -> Result<EnvelopeTiming> {
+    let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
+    let collected = CollectedError::new(
+        resp.status.as_u16(),
+        header(CONTENT_TYPE),
+        header(CONTENT_ENCODING),
+        ctx.rt.max_error_body,
+    );
+    let empty = resp
+        .headers
+        .get(CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"0");
+    for name in [CONTENT_LENGTH, CONTENT_ENCODING, ETAG] {
+        resp.remove_header(&name);
+    }
+    resp.remove_header("content-md5");
+    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    if ctx.head {
+        return Ok(EnvelopeTiming::AtEndOfBody);
+    }
+    ctx.collecting = Some(Box::new(collected));
+    if empty {
+        let body = finish_envelope(ctx).unwrap_or_default();
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        return Ok(EnvelopeTiming::Now(body));
+    }
+    if !session.is_http2() {
+        resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(EnvelopeTiming::AtEndOfBody)
+}
+
+/// Send the header and an envelope that is ready now. Pingora then skips
+/// its own copy of the header (one WARN) and the connection stays
+/// reusable.
+pub async fn write_now(session: &mut Session, resp: &ResponseHeader, body: Bytes) -> Result<()> {
+    session
+        .write_response_header(Box::new(resp.clone()), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Gather a piece of an upstream error's body; at its end, replace it with
+/// the envelope. Other bodies pass untouched.
+pub fn gather_error_body(ctx: &mut Ctx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    let Some(collecting) = ctx.collecting.as_mut() else {
+        return;
+    };
+    if let Some(piece) = body.take() {
+        collecting.push(&piece);
+    }
+    if end_of_stream {
+        *body = finish_envelope(ctx);
+    }
+}
+
+/// An upstream error body broke off after its header went out: send the
+/// envelope of what arrived, flagged as truncated.
+pub async fn finish_broken_envelope(session: &mut Session, ctx: &mut Ctx) {
+    if session.response_written().is_none() {
+        return;
+    }
+    let Some(collecting) = ctx.collecting.as_mut() else {
+        return;
+    };
+    collecting.broke_off();
+    if let Some(body) = finish_envelope(ctx) {
+        let _ = session.write_response_body(Some(body), true).await;
+    }
+}
+
+/// Normalize what was gathered: the envelope's bytes, counted in the
+/// metrics and kept for the log.
+fn finish_envelope(ctx: &mut Ctx) -> Option<Bytes> {
+    let collected = ctx.collecting.take()?;
+    let n = collected.normalize(ctx.request_id.as_str(), &ctx.rt.errors);
+    ctx.rt.metrics.normalized(n.source, collected.status());
+    let body = Bytes::from(n.envelope.to_json());
+    ctx.sent = Some(SentError::Normalized(Box::new(NormalizedError {
+        envelope: n.envelope,
+        source: n.source,
+        upstream_ref: n.upstream_ref,
+    })));
+    Some(body)
+}

@@ -1,0 +1,90 @@
+//! Everything a request needs, built once from a validated [`Config`], so
+//! nothing is re-parsed or looked up by name per request.
+
+use std::sync::Arc;
+
+use crate::client::ClientIpResolver;
+use crate::config::{Config, UpstreamSettings};
+use crate::errors::ErrorTable;
+use crate::observe::{Metrics, RouteMetrics};
+use crate::rate_limit::headers::Renderer;
+use crate::rate_limit::Limiter;
+use crate::routes::RouteTable;
+
+pub struct Runtime {
+    pub upstream: UpstreamSettings,
+    pub client_ip: ClientIpResolver,
+    pub limiter: Limiter,
+    /// 429s per rule, in rule order.
+    pub rate_limited: Vec<prometheus::IntCounter>,
+    pub rate_limit_headers: Renderer,
+    pub errors: ErrorTable,
+    pub max_error_body: usize,
+    pub max_request_body: u64,
+    pub routes: RouteTable,
+    /// Per route, indexed by [`crate::routes::RouteId`].
+    pub route_metrics: Vec<RouteMetrics>,
+    pub log_all: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Runtime {
+        let limiter = Limiter::new(&cfg.rate_limit.limiter, backend_errors(&metrics));
+        Runtime::build(cfg, metrics, limiter)
+    }
+
+    /// The runtime for a reloaded config: unchanged rules keep their
+    /// buckets and the Redis connection is kept (see
+    /// [`Limiter::reconfigured`]). Also returns the names of the kept
+    /// rules.
+    pub fn reconfigured(&self, cfg: &Config) -> (Runtime, Vec<String>) {
+        let (limiter, kept) = self
+            .limiter
+            .reconfigured(&cfg.rate_limit.limiter, backend_errors(&self.metrics));
+        (Runtime::build(cfg, self.metrics.clone(), limiter), kept)
+    }
+
+    fn build(cfg: &Config, metrics: Arc<Metrics>, limiter: Limiter) -> Runtime {
+        let routes = RouteTable::new(&cfg.routes);
+        let route_metrics = routes.names().iter().map(|n| metrics.route(n)).collect();
+        let rate_limited = limiter
+            .rules()
+            .iter()
+            .map(|r| metrics.rate_limited_counter(&r.name))
+            .collect();
+        Runtime {
+            upstream: cfg.upstream.clone(),
+            client_ip: cfg.client_ip.clone(),
+            rate_limited,
+            rate_limit_headers: Renderer::new(cfg.rate_limit.headers, limiter.rules()),
+            limiter,
+            errors: cfg.errors.table.clone(),
+            max_error_body: cfg.errors.max_body_bytes,
+            max_request_body: cfg.server.max_request_body_bytes,
+            routes,
+            route_metrics,
+            log_all: cfg.log_all_requests,
+            metrics,
+        }
+    }
+
+    /// Copy the limiter's key counts into the metrics (at scrape time).
+    pub fn export_limiter_state(&self) {
+        let names: Vec<String> = self
+            .limiter
+            .rules()
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        self.metrics.set_limiter_state(
+            &names,
+            &self.limiter.key_counts(),
+            &self.limiter.overflow_totals(),
+        );
+    }
+}
+
+fn backend_errors(metrics: &Metrics) -> prometheus::IntCounter {
+    metrics.backend_errors.with_label_values(&["redis"])
+}

@@ -1,0 +1,451 @@
+//! Rate limiting: the rules, the decision for one request, and the one
+//! [`Limiter`] the gateway asks.
+//!
+//! - [`Limiter`] owns the choice of backend and the failure policy: the
+//!   gateway asks one question per request ([`Limiter::decide`]) and gets
+//!   one [`Outcome`]. With the local backend the answer is ready at once
+//!   (no future, no await); with Redis it is a boxed future.
+//! - [`local`]: governor GCRA buckets in this process, kept in a bounded
+//!   [`bucket_table`].
+//! - [`redis`]: the same buckets in Redis, shared by replicas.
+//! - [`headers`]: the response headers a [`Decision`] renders.
+//!
+//! Approximations and their bounds are stated where they arise: the local
+//! table's cap and sweep in [`local`] and [`bucket_table`], the shared
+//! backend's failures in [`redis`] and `docs/replicas.md`.
+
+pub mod bucket_table;
+pub mod headers;
+pub mod local;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::client::ClientKey;
+use crate::routes::RequestMatcher;
+
+pub use headers::HeaderStyle;
+pub use local::LocalLimiter;
+pub use redis::{RedisLimiter, RedisTarget};
+
+/// Longest time a rule's full burst may take to refill. The limiter keeps
+/// time in u64 nanoseconds (584 years); a bucket that takes longer than a
+/// century to refill is a typo, not a policy, and is refused at load.
+pub const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// One rule, as the limiter needs it (defaults already applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// Also the `rule` label of the metrics and the IETF policy name.
+    pub name: String,
+    /// Which requests the rule counts.
+    pub applies_to: RequestMatcher,
+    /// Requests per `period` in the long run.
+    pub limit: u32,
+    pub period: Duration,
+    /// Requests a client may make at once from a full bucket.
+    pub burst: u32,
+}
+
+impl RuleSpec {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.applies_to.matches(method, path)
+    }
+
+    /// Seconds in the window, for the IETF `w` parameter.
+    pub fn window_secs(&self) -> u64 {
+        self.period.as_secs_f64().ceil() as u64
+    }
+
+    /// Time between two tokens, at least 1 ns, clamped so a full burst
+    /// refills within [`MAX_REFILL`] (config refuses longer ones; this
+    /// guards other callers from governor's overflow).
+    pub fn replenish_interval(&self) -> Duration {
+        let limit = self.limit.max(1);
+        let longest = MAX_REFILL / self.burst.max(1);
+        (self.period / limit).clamp(
+            Duration::from_nanos(1),
+            longest.max(Duration::from_nanos(1)),
+        )
+    }
+}
+
+/// The state of one rule's bucket after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleState {
+    /// Index of the rule in the limiter's rules.
+    pub rule: usize,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Whole seconds until the bucket is full again (rounded up).
+    pub reset_secs: u64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    /// The bucket of the rule that refused it.
+    pub state: RuleState,
+    /// Whole seconds until the request would be allowed (rounded up, at
+    /// least 1): the `Retry-After` value.
+    pub retry_after_secs: u64,
+}
+
+/// A set of rule indices; a config has at most [`RuleSet::CAPACITY`]
+/// rules, so a request's matching rules fit one word (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuleSet(u64);
+
+impl RuleSet {
+    pub const CAPACITY: usize = 64;
+
+    pub fn insert(&mut self, i: usize) {
+        if i < Self::CAPACITY {
+            self.0 |= 1 << i;
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Indices in increasing order.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(i)
+        })
+    }
+
+    /// The rules among `rules` that apply to a request.
+    pub fn matching(rules: &[RuleSpec], method: &str, path: &str) -> RuleSet {
+        (0..rules.len())
+            .filter(|&i| rules[i].matches(method, path))
+            .collect()
+    }
+}
+
+impl FromIterator<usize> for RuleSet {
+    fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Self {
+        let mut set = RuleSet::default();
+        iter.into_iter().for_each(|i| set.insert(i));
+        set
+    }
+}
+
+/// The outcome for one request, built the same way by every backend:
+/// rules are checked in file order, the first denial ends the decision,
+/// and the rule with the least room left is the one the headers show.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Set when the request is refused.
+    pub denied: Option<Denial>,
+    /// The rule with the least remaining capacity, for the headers.
+    pub tightest: Option<RuleState>,
+    /// Every rule that matched, for `RateLimit-Policy`.
+    pub matched: RuleSet,
+}
+
+impl Decision {
+    /// A rule let the request through: it becomes the tightest when it has
+    /// less room left than the tightest so far (fewer remaining, then the
+    /// lower limit).
+    pub fn allow(&mut self, state: RuleState) {
+        let tighter = self
+            .tightest
+            .is_none_or(|t| (state.remaining, state.limit) < (t.remaining, t.limit));
+        if tighter {
+            self.tightest = Some(state);
+        }
+    }
+
+    /// A rule refused the request: it is the tightest and the decision is
+    /// final.
+    pub fn deny(&mut self, denial: Denial) {
+        self.tightest = Some(denial.state);
+        self.denied = Some(denial);
+    }
+
+    /// The rule that decided the request, for the log: the one that refused
+    /// it, else the tightest.
+    pub fn deciding_rule(&self) -> Option<usize> {
+        self.denied
+            .map(|d| d.state.rule)
+            .or(self.tightest.map(|t| t.rule))
+    }
+}
+
+/// What to do with a request when the shared backend cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendError {
+    /// Decide with this replica's own buckets.
+    Local,
+    /// Let the request through unlimited.
+    Allow,
+    /// Refuse it with 503.
+    Deny,
+}
+
+/// The Redis backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBackend {
+    pub target: RedisTarget,
+    /// Longest wait for one decision before `on_error` applies.
+    pub timeout: Duration,
+    pub on_error: OnBackendError,
+}
+
+/// Everything the limiter is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimiterSettings {
+    pub rules: Vec<RuleSpec>,
+    /// Most clients each rule's local table holds.
+    pub max_keys: usize,
+    /// `None`: the local buckets decide.
+    pub shared: Option<SharedBackend>,
+}
+
+/// The `[rate_limit]` section, as the gateway runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    pub limiter: LimiterSettings,
+    pub headers: HeaderStyle,
+    /// How often idle keys are swept from the local tables.
+    pub sweep_interval: Duration,
+}
+
+/// What the gateway should do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Decided(Decision),
+    /// `on_backend_error = "deny"` and the backend failed: answer 503.
+    Unavailable,
+}
+
+/// A decision, ready now (local buckets) or on its way (Redis).
+pub enum Pending<'a> {
+    Ready(Outcome),
+    Shared(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+}
+
+impl Pending<'_> {
+    /// The outcome, awaiting the shared backend only when there is one.
+    pub async fn outcome(self) -> Outcome {
+        match self {
+            Pending::Ready(outcome) => outcome,
+            Pending::Shared(future) => future.await,
+        }
+    }
+}
+
+/// The shared backend in use and what to do when it fails.
+struct Shared {
+    redis: Arc<RedisLimiter>,
+    on_error: OnBackendError,
+}
+
+/// The rate limiter the gateway asks.
+pub struct Limiter {
+    rules: Vec<RuleSpec>,
+    /// The buckets with the local backend; the fallback for
+    /// `on_backend_error = "local"` with Redis.
+    local: LocalLimiter,
+    shared: Option<Shared>,
+}
+
+impl Limiter {
+    /// `backend_errors` counts the shared backend's failed decisions.
+    pub fn new(settings: &LimiterSettings, backend_errors: prometheus::IntCounter) -> Limiter {
+        let local = LocalLimiter::new(settings.rules.clone(), settings.max_keys);
+        Limiter::with_local(settings, local, None, backend_errors)
+    }
+
+    /// The limiter for a reloaded config: unchanged rules keep their
+    /// buckets (see [`LocalLimiter::reconfigure`]), and the Redis
+    /// connection is kept when its target and timeout are unchanged. Also
+    /// returns the names of the rules that kept their buckets.
+    pub fn reconfigured(
+        &self,
+        settings: &LimiterSettings,
+        backend_errors: prometheus::IntCounter,
+    ) -> (Limiter, Vec<String>) {
+        let (local, kept) = self
+            .local
+            .reconfigure(settings.rules.clone(), settings.max_keys);
+        let reuse = self.shared.as_ref().map(|s| &s.redis).filter(|old| {
+            settings
+                .shared
+                .as_ref()
+                .is_some_and(|new| *old.target() == new.target && old.timeout() == new.timeout)
+        });
+        let next = Limiter::with_local(settings, local, reuse.cloned(), backend_errors);
+        (next, kept)
+    }
+
+    fn with_local(
+        settings: &LimiterSettings,
+        local: LocalLimiter,
+        reuse: Option<Arc<RedisLimiter>>,
+        backend_errors: prometheus::IntCounter,
+    ) -> Limiter {
+        let shared = settings.shared.as_ref().and_then(|s| {
+            let redis = match reuse {
+                Some(redis) => redis,
+                None => RedisLimiter::new(s.target.clone(), s.timeout, backend_errors)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "redis backend not set up; limiting locally")
+                    })
+                    .ok()
+                    .map(Arc::new)?,
+            };
+            Some(Shared {
+                redis,
+                on_error: s.on_error,
+            })
+        });
+        Limiter {
+            rules: settings.rules.clone(),
+            local,
+            shared,
+        }
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[RuleSpec] {
+        &self.rules
+    }
+
+    /// Start loading this client's local buckets into the cache, for a
+    /// [`decide`](Self::decide) a little later. Nothing with Redis.
+    pub fn prefetch(&self, method: &str, path: &str, key: &ClientKey) {
+        if self.shared.is_none() {
+            self.local.prefetch(method, path, key);
+        }
+    }
+
+    /// Decide for one request of this client.
+    pub fn decide<'a>(&'a self, method: &'a str, path: &'a str, key: ClientKey) -> Pending<'a> {
+        match &self.shared {
+            None => Pending::Ready(Outcome::Decided(self.local.check(method, path, &key))),
+            Some(shared) => {
+                Pending::Shared(Box::pin(self.decide_shared(shared, method, path, key)))
+            }
+        }
+    }
+
+    async fn decide_shared(
+        &self,
+        shared: &Shared,
+        method: &str,
+        path: &str,
+        key: ClientKey,
+    ) -> Outcome {
+        let matched = RuleSet::matching(&self.rules, method, path);
+        if matched.is_empty() {
+            return Outcome::Decided(Decision::default());
+        }
+        match shared.redis.decide(&key, &self.rules, matched).await {
+            Ok(decision) => Outcome::Decided(decision),
+            Err(redis::Unreachable) => match shared.on_error {
+                OnBackendError::Local => Outcome::Decided(self.local.check(method, path, &key)),
+                OnBackendError::Allow => Outcome::Decided(Decision {
+                    matched,
+                    ..Decision::default()
+                }),
+                OnBackendError::Deny => Outcome::Unavailable,
+            },
+        }
+    }
+
+    /// `Some(true)` while the shared backend fails and `on_backend_error`
+    /// applies; `None` without one.
+    pub fn shared_backend_degraded(&self) -> Option<bool> {
+        self.shared.as_ref().map(|s| s.redis.is_degraded())
+    }
+
+    /// Drop idle local keys and give memory back (the janitor's tick).
+    pub fn sweep(&self) {
+        self.local.sweep();
+    }
+
+    /// Live local keys per rule, in rule order.
+    pub fn key_counts(&self) -> Vec<usize> {
+        self.local.key_counts()
+    }
+
+    /// Decisions made on each rule's overflow bucket, in rule order.
+    pub fn overflow_totals(&self) -> Vec<u64> {
+        self.local.overflow_totals()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(rule: usize, limit: u32, remaining: u32) -> RuleState {
+        RuleState {
+            rule,
+            limit,
+            remaining,
+            reset_secs: 1,
+        }
+    }
+
+    #[test]
+    fn the_tightest_rule_has_least_room_then_the_lower_limit() {
+        let mut d = Decision::default();
+        d.allow(state(0, 100, 50));
+        d.allow(state(1, 20, 5));
+        d.allow(state(2, 10, 5));
+        d.allow(state(3, 30, 7));
+        assert_eq!(d.tightest, Some(state(2, 10, 5)));
+        assert_eq!(d.deciding_rule(), Some(2));
+        d.deny(Denial {
+            state: state(4, 50, 0),
+            retry_after_secs: 3,
+        });
+        assert_eq!(d.tightest, Some(state(4, 50, 0)), "a denial is tightest");
+        assert_eq!(d.denied.map(|x| x.retry_after_secs), Some(3));
+        assert_eq!(d.deciding_rule(), Some(4));
+    }
+
+    #[test]
+    fn rule_sets_hold_indices_in_order() {
+        let set: RuleSet = [5, 0, 63, 64, 5].into_iter().collect();
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 5, 63]);
+        assert!(RuleSet::default().is_empty());
+    }
+
+    #[test]
+    fn intervals_are_clamped_to_a_century_of_refill() {
+        let rule = |period, limit, burst| RuleSpec {
+            name: "r".into(),
+            applies_to: RequestMatcher::any(),
+            limit,
+            period,
+            burst,
+        };
+        assert_eq!(
+            rule(Duration::from_secs(1), 5, 5).replenish_interval(),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            rule(Duration::ZERO, 5, 5).replenish_interval(),
+            Duration::from_nanos(1)
+        );
+        let huge = rule(Duration::MAX, 1, u32::MAX);
+        assert!(huge.replenish_interval() * u32::MAX <= MAX_REFILL);
+    }
+}
