@@ -5,14 +5,15 @@
 //! mimalloc 3 that call takes its fast path only when the size class it
 //! wants has a free block ready; otherwise it falls to a generic path that,
 //! for a size that is not a power of two, over-allocates and aligns by hand
-//! (callgrind: ~13 of a proxied request's allocations went that way, at
-//! several hundred instructions each). Plain `mi_malloc` has no such detour,
+//! (a dozen of a proxied request's allocations went that way; figures in
+//! docs/performance.md). Plain `mi_malloc` has no such detour,
 //! and every block it hands out is aligned to 8 bytes at least (its size
 //! classes are whole words), so alignments up to 8 go there; larger ones,
 //! and any block that ever came back misaligned, take the aligned call.
 //!
 //! mimalloc is built with `no_thp` (Cargo.toml): its arenas asked for
-//! transparent huge pages, which took idle RSS from ~10 MB to ~19 MB.
+//! transparent huge pages, which doubled idle RSS (docs/performance.md,
+//! "Memory").
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;

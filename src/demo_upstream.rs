@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 upstream that answers in the error dialects of SPEC §1
-//! (and a few failure modes), so the default config shows normalization
+//! A small HTTP/1.1 upstream that answers in every error dialect of
+//! docs/errors.md (and a few failure modes), so the default config shows normalization
 //! working and the integration tests have a real server process to hit.
 //!
 //! Raw tokio rather than a framework, so it can misbehave on purpose:

@@ -18,6 +18,7 @@ use super::ctx::Ctx;
 use super::live::Live;
 use super::response::EnvelopeTiming;
 use super::{answer, headers, log, request, response, upstream};
+use crate::rate_limit::Pending;
 
 /// The proxy: every request runs under the runtime that is live when it
 /// arrives.
@@ -55,7 +56,10 @@ impl ProxyHttp for Gateway {
     /// writes of an answer are boxed on their own, only when they happen.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         request::identify(session, ctx);
-        let outcome = request::decide(session, ctx).outcome().await;
+        let outcome = match request::decide(session, ctx) {
+            Pending::Ready(outcome) => outcome,
+            Pending::Shared(decision) => decision.await,
+        };
         let refused = request::refusal(ctx, outcome);
         let Some(answer) = refused.or_else(|| request::check_body_size(session, ctx)) else {
             return Ok(false);

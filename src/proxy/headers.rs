@@ -10,7 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType, OrErr, Result};
 
 use super::ctx::Ctx;
-use super::patched::{self, ParsedHeader};
+use super::patched;
 use crate::client;
 
 /// Header names tollgate adds, parsed at compile time.
@@ -76,20 +76,18 @@ pub fn add_to_upstream_request(
     peer: Option<IpAddr>,
     ctx: &Ctx,
 ) -> Result<()> {
-    let forwarded = match peer {
-        Some(peer) => Some(ParsedHeader {
-            name: &X_FORWARDED_FOR,
-            wire: "x-forwarded-for",
-            value: forwarded_for(&upstream.headers, peer)?,
-        }),
-        None => None,
-    };
-    let request_id = ParsedHeader {
-        name: &X_REQUEST_ID,
-        wire: "x-request-id",
-        value: ctx.request_id.header_value(),
-    };
-    patched::insert_request_headers(upstream, [Some(request_id), forwarded])
+    patched::reserve_request_headers(upstream, 2)?;
+    patched::insert_request_header(
+        upstream,
+        &X_REQUEST_ID,
+        "x-request-id",
+        ctx.request_id.header_value(),
+    )?;
+    if let Some(peer) = peer {
+        let chain = forwarded_for(&upstream.headers, peer)?;
+        patched::insert_request_header(upstream, &X_FORWARDED_FOR, "x-forwarded-for", chain)?;
+    }
+    Ok(())
 }
 
 /// The `X-Forwarded-For` chain for the upstream: the values the request

@@ -26,24 +26,20 @@ pub async fn write_prepared_response(
         .await
 }
 
-/// A header for a request bound upstream, its name parsed once.
-pub struct ParsedHeader {
-    pub name: &'static HeaderName,
-    /// The name as it goes on the wire.
-    pub wire: &'static str,
-    pub value: HeaderValue,
+/// Make room for `n` more headers in a request bound upstream, in both
+/// of Pingora's maps at once. Patch 3.
+pub fn reserve_request_headers(request: &mut RequestHeader, n: usize) -> Result<()> {
+    request.reserve_headers(n)
 }
 
-/// Add headers to a request bound upstream, with one reservation for all
-/// of them. Patch 3: Pingora's `insert_header` parses each name again and
-/// grows both of its maps one insert at a time.
-pub fn insert_request_headers<const N: usize>(
+/// Add a header to a request bound upstream with its name parsed once
+/// (`wire` is the name as sent). Patch 3: Pingora's `insert_header` parses
+/// each name again and grows both of its maps one insert at a time.
+pub fn insert_request_header(
     request: &mut RequestHeader,
-    headers: [Option<ParsedHeader>; N],
+    name: &HeaderName,
+    wire: &'static str,
+    value: HeaderValue,
 ) -> Result<()> {
-    request.reserve_headers(N)?;
-    for h in headers.into_iter().flatten() {
-        request.insert_parsed_header(h.name, h.wire, h.value)?;
-    }
-    Ok(())
+    request.insert_parsed_header(name, wire, value)
 }

@@ -8,7 +8,7 @@ use crate::config::{Config, UpstreamSettings};
 use crate::errors::ErrorTable;
 use crate::observe::{Metrics, RouteMetrics};
 use crate::rate_limit::headers::Renderer;
-use crate::rate_limit::Limiter;
+use crate::rate_limit::{rule_names, Limiter};
 use crate::routes::RouteTable;
 
 pub struct Runtime {
@@ -71,14 +71,8 @@ impl Runtime {
 
     /// Copy the limiter's key counts into the metrics (at scrape time).
     pub fn export_limiter_state(&self) {
-        let names: Vec<String> = self
-            .limiter
-            .rules()
-            .iter()
-            .map(|r| r.name.clone())
-            .collect();
         self.metrics.set_limiter_state(
-            &names,
+            &rule_names(self.limiter.rules()),
             &self.limiter.key_counts(),
             &self.limiter.overflow_totals(),
         );

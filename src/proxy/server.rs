@@ -17,6 +17,7 @@ use super::gateway::Gateway;
 use super::live::Live;
 use crate::config::Config;
 use crate::observe::Metrics;
+use crate::rate_limit::rule_names;
 
 /// Sweeps idle keys from whichever runtime is current.
 struct Janitor {
@@ -76,14 +77,7 @@ pub struct Launch {
 /// the start fails.
 pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     let s = &cfg.server;
-    let rule_names: Vec<String> = cfg
-        .rate_limit
-        .limiter
-        .rules
-        .iter()
-        .map(|r| r.name.clone())
-        .collect();
-    let metrics = Arc::new(Metrics::new(&rule_names));
+    let metrics = Arc::new(Metrics::new(&rule_names(&cfg.rate_limit.limiter.rules)));
     let live = Arc::new(Live::new(launch.config_path, &cfg, metrics));
     let readiness = Arc::new(Readiness::default());
     let admin_socket = match admin::bind(s.admin_listen) {

@@ -75,6 +75,11 @@ impl RuleSpec {
     }
 }
 
+/// Rule names in rule order: the `rule` label values.
+pub fn rule_names(rules: &[RuleSpec]) -> Vec<String> {
+    rules.iter().map(|r| r.name.clone()).collect()
+}
+
 /// The state of one rule's bucket after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleState {
@@ -241,6 +246,8 @@ pub enum Pending<'a> {
 
 impl Pending<'_> {
     /// The outcome, awaiting the shared backend only when there is one.
+    /// (The gateway matches instead: an extra future per request costs
+    /// more than the match.)
     pub async fn outcome(self) -> Outcome {
         match self {
             Pending::Ready(outcome) => outcome,

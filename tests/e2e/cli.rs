@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{free_port, TempDir, BIN};
+use crate::harness::{eventually, free_port, TempDir, BIN, POLL};
 
 #[test]
 fn check_accepts_the_shipped_config() {
@@ -51,14 +51,12 @@ fn run_refuses_a_bad_file_before_listening() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "still running");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = eventually(
+        Duration::from_secs(10),
+        POLL,
+        || "still running".into(),
+        || child.try_wait().unwrap(),
+    );
     assert!(!status.success());
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }

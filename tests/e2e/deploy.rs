@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tollgate::config::Config;
 
-use crate::harness::{free_port, get, wait_for_port, Gateway, Proc, TempDir, Upstream};
+use crate::harness::{
+    eventually, free_port, get, wait_for_port, Gateway, Proc, TempDir, Upstream, POLL,
+};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -157,14 +159,12 @@ fn every_metric_in_the_dashboard_and_rules_is_exported() {
     );
     gw.connect().request("GET", "/hello");
     // The request is counted as its log phase ends, just after the response.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let exported = loop {
-        let families = exported_families(&gw);
-        if families.contains("tollgate_requests_total") || Instant::now() > deadline {
-            break families;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exported = eventually(
+        Duration::from_secs(5),
+        POLL,
+        || "tollgate_requests_total not exported".into(),
+        || Some(exported_families(&gw)).filter(|f| f.contains("tollgate_requests_total")),
+    );
     let dash = dashboard_exprs();
     assert!(
         dash.len() >= 8,
@@ -241,11 +241,12 @@ fn a_real_prometheus_scrapes_tollgate_with_the_shipped_config() {
         .expect("prometheus is installed (.ci/run installs it)");
     let _prom = Proc { child, log: None };
     wait_for_port(port, Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(port, "/-/ready").map(|r| r.status).unwrap_or(0) != 200 {
-        assert!(Instant::now() < deadline, "prometheus not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || "prometheus not ready".into(),
+        || get(port, "/-/ready").ok().filter(|r| r.status == 200),
+    );
 
     // Traffic: 200s, normalized errors, and 429s.
     let mut c = gw.connect();
@@ -268,18 +269,19 @@ fn a_real_prometheus_scrapes_tollgate_with_the_shipped_config() {
         "rate(tollgate_errors_normalized_total{source=\"html\"}[30s]) > 0",
         "histogram_quantile(0.99, sum by (le) (rate(tollgate_request_duration_seconds_bucket[30s]))) > 0",
     ];
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let start = Instant::now();
     for q in expectations {
-        loop {
-            // Keep a trickle of traffic so rates stay positive.
-            c.request("GET", "/hello");
-            c.request("GET", "/errors/html");
-            if !prom_query(port, q).is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no series for {q}");
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        eventually(
+            Duration::from_secs(40).saturating_sub(start.elapsed()),
+            Duration::from_millis(500),
+            || format!("no series for {q}"),
+            || {
+                // Keep a trickle of traffic so rates stay positive.
+                c.request("GET", "/hello");
+                c.request("GET", "/errors/html");
+                Some(()).filter(|_| !prom_query(port, q).is_empty())
+            },
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! Every upstream dialect of SPEC §1 and the gateway's own errors, over HTTP.
+//! Every upstream dialect of docs/errors.md and the gateway's own errors,
+//! over HTTP.
 
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -28,15 +28,39 @@ pub fn free_port() -> u16 {
     }
 }
 
-pub fn wait_for_port(port: u16, within: Duration) {
+/// Poll `check` every `every` until it gives a value, for at most
+/// `within`; then panic with `what` (a closure, so it can show the state
+/// at the time, e.g. a log).
+pub fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    what: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+    loop {
+        if let Some(value) = check() {
+            return value;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            Instant::now() < deadline,
+            "not within {within:?}: {}",
+            what()
+        );
+        std::thread::sleep(every);
     }
-    panic!("nothing listens on port {port} after {within:?}");
+}
+
+/// How often [`eventually`] polls a local process.
+pub const POLL: Duration = Duration::from_millis(20);
+
+pub fn wait_for_port(port: u16, within: Duration) {
+    eventually(
+        within,
+        POLL,
+        || format!("nothing listens on port {port}"),
+        || TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
 }
 
 /// A child process killed on drop.
@@ -196,17 +220,13 @@ impl Gateway {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(r) = get(self.admin, "/readyz") {
-                if r.status == 200 {
-                    wait_for_port(self.port, Duration::from_secs(5));
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        panic!("tollgate not ready; log:\n{}", self.log());
+        eventually(
+            Duration::from_secs(15),
+            POLL,
+            || format!("tollgate not ready; log:\n{}", self.log()),
+            || get(self.admin, "/readyz").ok().filter(|r| r.status == 200),
+        );
+        wait_for_port(self.port, Duration::from_secs(5));
     }
 
     pub fn log(&self) -> String {

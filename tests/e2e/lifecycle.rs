@@ -4,7 +4,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{envelope, get, metric, Conn, Gateway, Upstream};
+use crate::harness::{envelope, eventually, get, metric, Conn, Gateway, Upstream, POLL};
 
 const RULES: &str = "[[rate_limit.rules]]\nname = \"keep\"\npath_prefix = \"/a\"\nlimit = 2\nperiod = \"1m\"\n\n[[rate_limit.rules]]\nname = \"change\"\npath_prefix = \"/b\"\nlimit = 2\nperiod = \"1m\"\n";
 
@@ -14,15 +14,12 @@ fn reloads(gw: &Gateway, result: &str) -> u64 {
 }
 
 fn wait_for_reloads(gw: &Gateway, result: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads(gw, result) < n {
-        assert!(
-            Instant::now() < deadline,
-            "no {result} reload; log:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(10),
+        POLL,
+        || format!("no {result} reload; log:\n{}", gw.log()),
+        || (reloads(gw, result) >= n).then_some(()),
+    );
 }
 
 fn statuses(c: &mut Conn, path: &str, n: usize) -> Vec<u16> {
@@ -135,13 +132,13 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
             "in-flight request completed"
         );
     }
-    let status = loop {
-        if let Some(s) = gw.proc.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let remaining = Duration::from_secs(10).saturating_sub(t.elapsed());
+    let status = eventually(
+        remaining,
+        POLL,
+        || "did not exit".into(),
+        || gw.proc.child.try_wait().unwrap(),
+    );
     assert_eq!(status.code(), Some(0), "log:\n{}", gw.log());
 }
 
@@ -170,11 +167,12 @@ fn sigquit_hands_the_listeners_to_a_new_process() {
     let mut new = gw.spawn(&["--upgrade"]);
     std::thread::sleep(Duration::from_millis(500));
     gw.signal("QUIT");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while gw.proc.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "old process did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(15),
+        POLL,
+        || "old process did not exit".into(),
+        || gw.proc.child.try_wait().unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = poller.join().unwrap();

@@ -3,17 +3,19 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::harness::{get, metric as value, Gateway, Upstream};
+use std::time::Duration;
 
+use crate::harness::{eventually, get, metric as value, Gateway, Upstream, POLL};
+
+/// The first scrape that is `ready` (the request's log phase, which
+/// counts it, ends just after its response).
 fn scrape_until(gw: &Gateway, ready: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let text = gw.scrape();
-        if ready(&text) || std::time::Instant::now() > deadline {
-            return text;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(5),
+        POLL,
+        || format!("metrics not there:\n{}", gw.scrape()),
+        || Some(gw.scrape()).filter(|text| ready(text)),
+    )
 }
 
 #[test]
@@ -158,10 +160,12 @@ fn access_log_is_json_without_secrets() {
     assert_eq!(r.status, 500);
     assert_eq!(c.request("GET", "/hello").status, 200);
     // The line is written as the request's log phase ends: wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !gw.log().contains("\"log-test-1\"") && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(5),
+        POLL,
+        || format!("no line for log-test-1:\n{}", gw.log()),
+        || gw.log().contains("\"log-test-1\"").then_some(()),
+    );
     std::thread::sleep(std::time::Duration::from_millis(100));
     let log = gw.log();
     assert!(!log.contains("s3cr3t"), "a secret was logged:\n{log}");

@@ -1,6 +1,8 @@
 //! Per-client buckets over HTTP.
 
-use crate::harness::{envelope, Gateway, Upstream};
+use std::time::Duration;
+
+use crate::harness::{envelope, eventually, Gateway, Upstream, POLL};
 
 const RULES: &str = "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[[rate_limit.rules]]\nname = \"default\"\nlimit = 5\nperiod = \"1m\"\nburst = 3\n\n[[rate_limit.rules]]\nname = \"auth\"\npath_prefix = \"/v1/auth\"\nmethods = [\"POST\"]\nlimit = 2\nperiod = \"1m\"\n";
 
@@ -112,7 +114,6 @@ fn the_gateways_own_429_is_whole_over_http1_and_http2() {
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
 
     // Each refusal has its access line, with what the client was told.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let line_for = |id: &str| {
         gw.log()
             .lines()
@@ -120,10 +121,12 @@ fn the_gateways_own_429_is_whole_over_http1_and_http2() {
             .map(str::to_string)
     };
     for id in &ids {
-        while line_for(id).is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let line = line_for(id).unwrap_or_else(|| panic!("no access line for {id}:\n{}", gw.log()));
+        let line = eventually(
+            Duration::from_secs(5),
+            POLL,
+            || format!("no access line for {id}:\n{}", gw.log()),
+            || line_for(id),
+        );
         let l: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
         assert_eq!(l["target"], "tollgate::access");
         assert_eq!(l["status"], 429);

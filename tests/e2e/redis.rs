@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    envelope, free_port, get, metric, signal, wait_for_port, Conn, Gateway, Proc, Upstream,
+    envelope, eventually, free_port, get, metric, signal, wait_for_port, Conn, Gateway, Proc,
+    Upstream, POLL,
 };
 
 struct Redis {
@@ -38,11 +39,17 @@ impl Redis {
 
     fn stop(&mut self) {
         self.proc = None;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(Instant::now() < deadline, "redis did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = self.port;
+        eventually(
+            Duration::from_secs(5),
+            POLL,
+            || "redis did not stop".into(),
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .is_err()
+                    .then_some(())
+            },
+        );
     }
 }
 
@@ -191,15 +198,12 @@ fn shared_limiting_resumes_when_redis_returns() {
         "allowed while down"
     );
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = c.send("GET", "/hello", &CLIENT, b"").unwrap();
-        if r.status == 429 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "limits did not resume");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || "limits did not resume".into(),
+        || (c.send("GET", "/hello", &CLIENT, b"").unwrap().status == 429).then_some(()),
+    );
     let ready = get(gw.admin, "/readyz").unwrap();
     assert_eq!(ready.json()["rate_limit_backend"]["redis"], "ok");
     assert!(gw.log().contains("redis rate-limit backend is back"));
@@ -261,18 +265,20 @@ fn redis_cluster_keeps_one_decision_in_one_slot() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = Command::new("redis-cli")
-            .args(["-p", &ports[0].to_string(), "cluster", "info"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cluster not ok");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || "cluster not ok".into(),
+        || {
+            let info = Command::new("redis-cli")
+                .args(["-p", &ports[0].to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&info.stdout)
+                .contains("cluster_state:ok")
+                .then_some(())
+        },
+    );
 
     let up = Upstream::start();
     let nodes: Vec<String> = addrs.iter().map(|a| format!("\"redis://{a}\"")).collect();

@@ -707,7 +707,7 @@ impl HttpSession {
     /// which are added here as [`Self::write_response_header`] adds them.
     /// The body is not sent for a HEAD request. No header map is built and
     /// serialized: this is for the small responses a proxy makes itself
-    /// (tollgate's 429 went from ~24,300 to ~19,800 instructions with it).
+    /// (its measured effect is in vendor/PATCHES.md, patch 7).
     /// `response_written` then records the status only, without the
     /// fields.
     pub async fn write_prepared_response(
