@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# Doc links that point at moved or private items fail here, not later.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 cargo test --all-targets
 # The load harness in smoke mode (2 s per case, debug build): it must run,
 # its figures are not judged here (docs/performance.md has real ones).

@@ -36,12 +36,21 @@ fn aligned(p: *mut c_void, layout: Layout) -> bool {
 
 /// `plain` where a word's alignment is enough and the block came back
 /// aligned (always, by mimalloc's size classes), `aligned` otherwise.
+///
+/// # Safety
+///
+/// `plain` and `aligned_call` are mimalloc's allocation entry points of
+/// the same kind (both zeroing or neither), and `layout` has a non-zero
+/// size, as `GlobalAlloc::alloc` requires of its callers.
 #[inline]
 unsafe fn allocate(
     layout: Layout,
     plain: unsafe extern "C" fn(usize) -> *mut c_void,
     aligned_call: unsafe extern "C" fn(usize, usize) -> *mut c_void,
 ) -> *mut u8 {
+    // SAFETY: mimalloc's entry points take any size and alignment (a power
+    // of two, as `Layout` guarantees); `mi_free` takes the block `plain`
+    // just returned (or null).
     unsafe {
         if fits_word(layout) {
             let p = plain(layout.size());
@@ -60,21 +69,28 @@ unsafe fn allocate(
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: a matching pair of entry points; `layout` is the caller's.
         unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: a matching (zeroing) pair; `layout` is the caller's.
         unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, that is from mimalloc.
         unsafe { mi::mi_free(ptr.cast()) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from mimalloc with `layout`; `p` is the block
+        // `mi_realloc` moved it to (null leaves `ptr` valid, as `realloc`
+        // must); `q`, when not null, has room for `new_size` bytes and does
+        // not overlap `p`.
         unsafe {
             if fits_word(layout) {
                 let p = mi::mi_realloc(ptr.cast(), new_size);
@@ -83,9 +99,14 @@ unsafe impl GlobalAlloc for Allocator {
                 }
                 // Misaligned (never seen): move it to an aligned block.
                 let q = mi::mi_malloc_aligned(new_size, layout.align());
-                if !q.is_null() {
-                    std::ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), new_size);
+                if q.is_null() {
+                    // `ptr` is gone (moved to `p`) and `p` is misaligned:
+                    // neither can be returned, and null would tell the
+                    // caller `ptr` is still valid.
+                    let wanted = Layout::from_size_align_unchecked(new_size, layout.align());
+                    std::alloc::handle_alloc_error(wanted);
                 }
+                std::ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), new_size);
                 mi::mi_free(p);
                 return q.cast();
             }

@@ -7,28 +7,16 @@
 
 #![deny(unsafe_code)]
 
-/// The process allocator (the one place with `unsafe`, besides a
-/// prefetch hint in the bucket table).
+// The one module with `unsafe` throughout (each block has its SAFETY
+// comment); the other is a prefetch hint in `rate_limit::bucket_table`.
 #[allow(unsafe_code)]
 pub mod allocator;
-/// Who is asking: client address behind trusted proxies, bucket key,
-/// request id.
 pub mod client;
-/// The TOML file → one validated model.
 pub mod config;
-/// The demo upstream that speaks every error dialect (also the tests').
 pub mod demo_upstream;
-/// The canonical envelope and everything that makes it.
 pub mod errors;
-/// The small HTTP/1.1 server code the admin listener and the demo
-/// upstream share.
 pub mod http1;
-/// Metrics and the access log.
 pub mod observe;
-/// The Pingora glue: hooks, the gateway's own answers, wiring, admin,
-/// reload.
 pub mod proxy;
-/// Rules, decisions, and the limiter the gateway asks.
 pub mod rate_limit;
-/// Which requests a rule or route applies to; route names.
 pub mod routes;

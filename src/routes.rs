@@ -39,8 +39,11 @@ pub struct RouteSpec {
     pub applies_to: RequestMatcher,
 }
 
-/// A route's index in [`RouteTable::names`]; 0 is `default`.
+/// A route's index in [`RouteTable::names`].
 pub type RouteId = usize;
+
+/// The route of a request no `[[routes]]` entry matches.
+pub const DEFAULT_ROUTE: RouteId = 0;
 
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -73,7 +76,7 @@ impl RouteTable {
                 best = Some((m.path_prefix.len(), i + 1));
             }
         }
-        best.map_or(0, |(_, id)| id)
+        best.map_or(DEFAULT_ROUTE, |(_, id)| id)
     }
 }
 

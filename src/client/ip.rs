@@ -31,7 +31,7 @@ impl ClientIpResolver {
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         self.trusted.iter().any(|n| n.contains(&ip))
     }
 
@@ -49,7 +49,7 @@ impl ClientIpResolver {
         xff: impl IntoIterator<Item = &'a [u8]>,
         forwarded: impl IntoIterator<Item = &'a [u8]>,
     ) -> IpAddr {
-        let peer = canonical(peer);
+        let peer = peer.to_canonical();
         if self.trusted.is_empty() || !self.is_trusted(peer) {
             return peer;
         }
@@ -72,7 +72,7 @@ impl ClientIpResolver {
         for hop in hops.iter().rev() {
             match hop {
                 Some(ip) => {
-                    client = canonical(*ip);
+                    client = ip.to_canonical();
                     if !self.is_trusted(client) {
                         return client;
                     }
@@ -85,7 +85,7 @@ impl ClientIpResolver {
 
     /// The bucket key for a client address.
     pub fn key(&self, ip: IpAddr) -> ClientKey {
-        match canonical(ip) {
+        match ip.to_canonical() {
             IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6);
@@ -126,17 +126,6 @@ pub fn ip_text(ip: IpAddr, buf: &mut [u8; 45]) -> &[u8] {
         }
     }
     &buf[..len]
-}
-
-/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`, from dual-stack sockets) counts as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
 }
 
 /// One hop: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:80`,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 use super::error::ConfigError;
 use super::file::{Backend, FileConfig, RateLimitConfig, RuleConfig};
@@ -100,8 +101,7 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
         if r.period.0.is_zero() {
             return Err(at(None, &key("period"), "must be longer than zero".into()));
         }
-        let refill = (r.period.0 / *r.limit.get_ref()).saturating_mul(burst(r));
-        if refill > MAX_REFILL {
+        if rule_spec(r).full_refill() > MAX_REFILL {
             let (field, span) = match &r.burst {
                 Some(b) => ("burst", Some(b.span())),
                 None => ("period", None),
@@ -192,11 +192,18 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
     })
 }
 
-/// A rule's burst: its own, else its limit.
-fn burst(r: &RuleConfig) -> u32 {
-    r.burst
-        .as_ref()
-        .map_or(*r.limit.get_ref(), |b| *b.get_ref())
+/// A rule as the limiter takes it; its burst defaults to its limit.
+fn rule_spec(r: &RuleConfig) -> RuleSpec {
+    RuleSpec {
+        name: r.name.get_ref().clone(),
+        applies_to: matcher(&r.path_prefix, &r.methods),
+        limit: *r.limit.get_ref(),
+        period: r.period.0,
+        burst: r
+            .burst
+            .as_ref()
+            .map_or(*r.limit.get_ref(), |b| *b.get_ref()),
+    }
 }
 
 fn matcher(path_prefix: &str, methods: &[String]) -> RequestMatcher {
@@ -207,17 +214,7 @@ fn matcher(path_prefix: &str, methods: &[String]) -> RequestMatcher {
 }
 
 fn rate_limit(rl: &RateLimitConfig) -> RateLimitSettings {
-    let rules = rl
-        .rules
-        .iter()
-        .map(|r| RuleSpec {
-            name: r.name.get_ref().clone(),
-            applies_to: matcher(&r.path_prefix, &r.methods),
-            limit: *r.limit.get_ref(),
-            period: r.period.0,
-            burst: burst(r),
-        })
-        .collect();
+    let rules = rl.rules.iter().map(rule_spec).collect();
     let shared = (rl.backend == Backend::Redis).then(|| SharedBackend {
         target: if rl.redis_cluster_nodes.is_empty() {
             RedisTarget::Single(rl.redis_url.clone())
@@ -234,7 +231,8 @@ fn rate_limit(rl: &RateLimitConfig) -> RateLimitSettings {
             shared,
         },
         headers: rl.headers,
-        sweep_interval: rl.sweep_interval.0,
+        // A sweep walks every table: not more often than ten times a second.
+        sweep_interval: rl.sweep_interval.0.max(Duration::from_millis(100)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The file's schema: what serde reads from the TOML, before any check
 //! across fields. `deny_unknown_fields` everywhere: a typo is an error,
 //! never a silently ignored key. Nothing outside `config` sees these
-//! types; [`super::compile`] turns them into the domain's.
+//! types; `compile` turns them into the domain's.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,6 +1,6 @@
 //! Configuration: one TOML file → one validated model, [`Config`].
 //!
-//! - [`file`]: the file's schema as serde reads it.
+//! - [`mod@file`]: the file's schema as serde reads it.
 //! - `compile`: the checks across fields, and the one step to the
 //!   domain's types (rules, the error table, the client-IP resolver), with
 //!   every default applied once.

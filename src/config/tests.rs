@@ -124,7 +124,7 @@ fn listen_takes_one_or_many() {
 #[test]
 fn status_overrides_parse() {
     let c = parse("[upstream]\naddress = \"127.0.0.1:3000\"\n[errors.by_status.404]\ntype = \"missing\"\ncode = \"nope\"\n").unwrap();
-    assert_eq!(c.errors.table.type_and_code(404).0, "missing");
+    assert_eq!(c.errors.table.type_and_code(404).kind, "missing");
     let e = parse("[upstream]\naddress = \"127.0.0.1:3000\"\n[errors.by_status.200]\ntype = \"x\"\ncode = \"y\"\n").unwrap_err();
     assert_eq!(e.key, "errors.by_status.200");
 }

@@ -4,7 +4,7 @@
 //!
 //! - [`table`]: status → `type`/`code`, with the config's overrides; the
 //!   envelope of an error the gateway makes itself.
-//! - [`normalize`]: an upstream error body, in any dialect, → the envelope,
+//! - [`mod@normalize`]: an upstream error body, in any dialect, → the envelope,
 //!   losing nothing (unused fields go to `details`).
 //! - [`decode`]: `Content-Encoding` undone within a byte bound.
 //! - [`collect`]: an upstream error body gathered up to that bound.
@@ -23,7 +23,7 @@ use serde_json::Value;
 
 pub use collect::CollectedError;
 pub use normalize::{normalize, Normalized, Source, UpstreamError};
-pub use table::{reason_phrase, ErrorTable, StatusOverride};
+pub use table::{reason_phrase, ErrorClass, ErrorTable, StatusOverride};
 
 /// The canonical envelope, `{"error": {...}}`.
 ///

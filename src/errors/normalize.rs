@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use super::decode::{decode, Decoded};
-use super::{reason_phrase, Envelope, ErrorTable};
+use super::{reason_phrase, Envelope, ErrorClass, ErrorTable};
 
 /// Which dialect the upstream spoke (the `source` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,7 +84,7 @@ pub fn normalize(
     let status = err.status;
     let reason = reason_phrase(status);
     let fallback = |source: Source, details: Value| {
-        let (kind, code) = table.type_and_code(status);
+        let ErrorClass { kind, code } = table.type_and_code(status);
         Normalized {
             envelope: Envelope {
                 kind,
@@ -123,7 +123,7 @@ pub fn normalize(
     let looks_json =
         ctype.contains("json") || trimmed.starts_with(b"{") || trimmed.starts_with(b"[");
     if let Some(text) = short_text(trimmed).filter(|_| !looks_json) {
-        let (kind, code) = table.type_and_code(status);
+        let ErrorClass { kind, code } = table.type_and_code(status);
         return Normalized {
             envelope: Envelope {
                 kind,
@@ -201,11 +201,11 @@ fn from_json(
     table: &ErrorTable,
 ) -> Normalized {
     let reason = reason_phrase(status);
-    let (default_kind, default_code) = table.type_and_code(status);
+    let class = table.type_and_code(status);
     let mut out = Normalized {
         envelope: Envelope {
-            kind: default_kind,
-            code: default_code,
+            kind: class.kind,
+            code: class.code,
             message: reason.into(),
             request_id: request_id.to_string(),
             details: Value::Null,

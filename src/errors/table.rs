@@ -26,14 +26,31 @@ pub struct ErrorTable {
     overrides: BTreeMap<u16, StatusOverride>,
 }
 
+/// An error's `type` and `code`: fixed text for the defaults, owned for
+/// an override or a status without a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorClass {
+    pub kind: Cow<'static, str>,
+    pub code: Cow<'static, str>,
+}
+
+impl ErrorClass {
+    fn new(kind: impl Into<Cow<'static, str>>, code: impl Into<Cow<'static, str>>) -> Self {
+        ErrorClass {
+            kind: kind.into(),
+            code: code.into(),
+        }
+    }
+}
+
 impl ErrorTable {
     pub fn new(overrides: BTreeMap<u16, StatusOverride>) -> Self {
         ErrorTable { overrides }
     }
 
-    pub fn type_and_code(&self, status: u16) -> (Cow<'static, str>, Cow<'static, str>) {
+    pub fn type_and_code(&self, status: u16) -> ErrorClass {
         if let Some(o) = self.overrides.get(&status) {
-            return (o.kind.clone().into(), o.code.clone().into());
+            return ErrorClass::new(o.kind.clone(), o.code.clone());
         }
         let (t, c) = match status {
             400 => ("invalid_request_error", "bad_request"),
@@ -51,19 +68,16 @@ impl ErrorTable {
             503 => ("upstream_error", "service_unavailable"),
             504 => ("upstream_error", "gateway_timeout"),
             _ if status < 500 => {
-                return (
-                    "invalid_request_error".into(),
-                    format!("http_{status}").into(),
-                )
+                return ErrorClass::new("invalid_request_error", format!("http_{status}"))
             }
-            _ => return ("api_error".into(), format!("http_{status}").into()),
+            _ => return ErrorClass::new("api_error", format!("http_{status}")),
         };
-        (t.into(), c.into())
+        ErrorClass::new(t, c)
     }
 
     /// The envelope of an error the gateway makes itself, appended to
     /// `out`: `details` is `{"retry_after":N}` for a 429, `null` otherwise.
-    /// Written straight to bytes (no [`Envelope`], no `Value` for the
+    /// Written straight to bytes (no [`super::Envelope`], no `Value` for the
     /// details): a 429 is answered this way for every refused request.
     pub fn write_gateway_error(
         &self,
@@ -73,7 +87,7 @@ impl ErrorTable {
         request_id: &str,
         retry_after: Option<u64>,
     ) {
-        let (kind, code) = self.type_and_code(status);
+        let ErrorClass { kind, code } = self.type_and_code(status);
         write_envelope(
             out,
             [&kind, &code, message, request_id],
@@ -124,7 +138,7 @@ mod tests {
             let mut out = b"kept".to_vec();
             table.write_gateway_error(&mut out, status, message, RID, retry_after);
             assert_eq!(&out[..4], b"kept", "appends");
-            let (kind, code) = table.type_and_code(status);
+            let ErrorClass { kind, code } = table.type_and_code(status);
             let expected = Envelope {
                 kind,
                 code,

@@ -40,6 +40,42 @@ impl FailureKind {
     }
 }
 
+/// Requests refused because of how the client sent them
+/// (`tollgate_client_errors_total{kind}`, docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// The request head did not arrive whole within `header_timeout`.
+    HeaderTimeout,
+    /// The request head was over `max_header_bytes`.
+    HeaderTooLarge,
+    /// The request broke HTTP/1.1's framing rules.
+    Malformed,
+    /// An HTTP/2 connection ended for abusing the protocol.
+    H2Abuse,
+    /// A TLS handshake failed.
+    TlsHandshake,
+}
+
+impl ClientErrorKind {
+    pub const ALL: [ClientErrorKind; 5] = [
+        ClientErrorKind::HeaderTimeout,
+        ClientErrorKind::HeaderTooLarge,
+        ClientErrorKind::Malformed,
+        ClientErrorKind::H2Abuse,
+        ClientErrorKind::TlsHandshake,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientErrorKind::HeaderTimeout => "header_timeout",
+            ClientErrorKind::HeaderTooLarge => "header_too_large",
+            ClientErrorKind::Malformed => "malformed",
+            ClientErrorKind::H2Abuse => "h2_abuse",
+            ClientErrorKind::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
 /// Bucket bounds for a sidecar: 250µs to 30s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -79,14 +115,17 @@ impl RouteMetrics {
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub rate_limited: IntCounterVec,
-    pub errors_normalized: IntCounterVec,
-    pub upstream_failures: IntCounterVec,
-    pub rate_limit_keys: IntGaugeVec,
-    pub rate_limit_overflow: IntCounterVec,
+    requests: IntCounterVec,
+    rate_limited: IntCounterVec,
+    errors_normalized: IntCounterVec,
+    upstream_failures: IntCounterVec,
+    rate_limit_keys: IntGaugeVec,
+    rate_limit_overflow: IntCounterVec,
     pub backend_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    client_errors: IntCounterVec,
+    /// `POST /reload` from a peer that is not loopback.
+    pub admin_refused: IntCounter,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
 }
@@ -104,9 +143,16 @@ fn histogram(reg: &Registry, name: &str, help: &str) -> HistogramVec {
     h
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    /// A registry with every family, rule series at zero.
-    pub fn new(rule_names: &[String]) -> Metrics {
+    /// A registry with every family, known series at zero (a rule's come
+    /// with [`Metrics::rate_limited_counter`]).
+    pub fn new() -> Metrics {
         let reg = Registry::new();
         let requests = counter(
             &reg,
@@ -170,6 +216,19 @@ impl Metrics {
             "Configuration reloads, by result.",
             &["result"],
         );
+        let client_errors = counter(
+            &reg,
+            "tollgate_client_errors_total",
+            "Requests refused because of how the client sent them, by kind.",
+            &["kind"],
+        );
+        let admin_refused = IntCounter::new(
+            "tollgate_admin_refused_total",
+            "Admin requests refused: POST /reload from a peer that is not loopback.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(admin_refused.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "tollgate_build_info",
@@ -189,13 +248,11 @@ impl Metrics {
             reg.register(Box::new(pc)).expect("unique metric");
         }
 
-        for rule in rule_names {
-            rate_limited.with_label_values(&[rule]);
-            rate_limit_keys.with_label_values(&[rule]);
-            rate_limit_overflow.with_label_values(&[rule]);
-        }
         for kind in FailureKind::ALL {
             upstream_failures.with_label_values(&[kind.as_str()]);
+        }
+        for kind in ClientErrorKind::ALL {
+            client_errors.with_label_values(&[kind.as_str()]);
         }
         for source in Source::ALL {
             for status in KNOWN_ERROR_STATUSES {
@@ -217,6 +274,8 @@ impl Metrics {
             rate_limit_overflow,
             backend_errors,
             config_reloads,
+            client_errors,
+            admin_refused,
             request_duration,
             upstream_duration,
         }
@@ -245,6 +304,10 @@ impl Metrics {
         self.upstream_failures
             .with_label_values(&[kind.as_str()])
             .inc();
+    }
+
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client_errors.with_label_values(&[kind.as_str()]).inc();
     }
 
     pub fn normalized(&self, source: Source, status: u16) {
@@ -299,7 +362,10 @@ mod tests {
 
     #[test]
     fn families_exported_at_zero() {
-        let m = Metrics::new(&["default".into(), "auth".into()]);
+        let m = Metrics::new();
+        for rule in ["default", "auth"] {
+            m.rate_limited_counter(rule);
+        }
         let text = String::from_utf8(m.render()).unwrap();
         for needle in [
             "tollgate_rate_limited_total{rule=\"auth\"} 0",
@@ -317,7 +383,10 @@ mod tests {
 
     #[test]
     fn limiter_state_is_copied() {
-        let m = Metrics::new(&["r".into(), "old".into()]);
+        let m = Metrics::new();
+        for rule in ["r", "old"] {
+            m.rate_limited_counter(rule);
+        }
         let rules = ["r".to_string()];
         m.set_limiter_state(&rules, &[7], &[3]);
         m.set_limiter_state(&rules, &[5], &[4]);

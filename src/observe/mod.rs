@@ -4,4 +4,4 @@
 pub mod access_log;
 pub mod metrics;
 
-pub use metrics::{FailureKind, Metrics, RouteMetrics};
+pub use metrics::{ClientErrorKind, FailureKind, Metrics, RouteMetrics};

@@ -7,7 +7,7 @@
 //! drains. The socket has `SO_REUSEPORT`, so during a binary upgrade the
 //! old and the new process can both hold it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::live::{Live, Reloaded};
+use crate::client::RequestId;
 use crate::config::ConfigError;
 use crate::http1::{full, read_request};
 
@@ -102,17 +103,39 @@ struct Endpoints {
     readiness: Arc<Readiness>,
 }
 
+/// One admin answer.
+struct AdminAnswer {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+const JSON: &str = "application/json";
+
+impl AdminAnswer {
+    fn json(status: u16, body: serde_json::Value) -> AdminAnswer {
+        AdminAnswer {
+            status,
+            content_type: JSON,
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
 impl Endpoints {
-    /// Status, content type and body for one request.
-    async fn answer(&self, method: &str, path: &str) -> (u16, &'static str, Vec<u8>) {
-        let json = "application/json";
+    /// The answer to one request from `peer`.
+    async fn answer(&self, method: &str, path: &str, peer: Option<IpAddr>) -> AdminAnswer {
         match (method, path) {
             ("GET", "/metrics") => {
                 let rt = self.live.runtime();
                 rt.export_limiter_state();
-                (200, "text/plain; version=0.0.4", rt.metrics.render())
+                AdminAnswer {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4",
+                    body: rt.metrics.render(),
+                }
             }
-            ("GET", "/healthz") => (200, json, br#"{"status":"ok"}"#.to_vec()),
+            ("GET", "/healthz") => AdminAnswer::json(200, json!({ "status": "ok" })),
             ("GET", "/readyz") => {
                 // A degraded rate-limit backend is reported, not failed:
                 // the gateway still serves, under `on_backend_error`.
@@ -123,46 +146,70 @@ impl Endpoints {
                     let backend = if degraded { "degraded" } else { "ok" };
                     body["rate_limit_backend"] = json!({ "redis": backend });
                 }
-                (code, json, body.to_string().into_bytes())
+                AdminAnswer::json(code, body)
+            }
+            // The one endpoint that changes anything: only from this host
+            // (`tollgate reload`), whatever `admin_listen` is bound to.
+            ("POST", "/reload") if !peer.is_some_and(is_loopback) => {
+                self.live.metrics().admin_refused.inc();
+                self.error(403, "Reloads are accepted from a loopback address only.")
             }
             ("POST", "/reload") => match reload_off_thread(&self.live).await {
-                Ok(r) => (
+                Ok(r) => AdminAnswer::json(
                     200,
-                    json,
-                    json!({"result": "success", "kept_rules": r.kept_rules, "needs_restart": r.needs_restart})
-                        .to_string()
-                        .into_bytes(),
+                    json!({"result": "success", "kept_rules": r.kept_rules, "needs_restart": r.needs_restart}),
                 ),
-                Err(e) => (
-                    400,
-                    json,
-                    json!({"result": "error", "error": e.to_string()}).to_string().into_bytes(),
-                ),
+                Err(e) => {
+                    AdminAnswer::json(400, json!({"result": "error", "error": e.to_string()}))
+                }
             },
             (_, "/metrics" | "/healthz" | "/readyz" | "/reload") => {
-                (405, json, br#"{"error":"method not allowed"}"#.to_vec())
+                self.error(405, "This endpoint does not take that method.")
             }
-            _ => (404, json, br#"{"error":"not found"}"#.to_vec()),
+            _ => self.error(404, "No such admin endpoint."),
+        }
+    }
+
+    /// An error in the gateway's envelope, with a request id of its own.
+    fn error(&self, status: u16, message: &str) -> AdminAnswer {
+        let mut body = Vec::with_capacity(256);
+        let id = RequestId::generate();
+        self.live.runtime().errors.write_gateway_error(
+            &mut body,
+            status,
+            message,
+            id.as_str(),
+            None,
+        );
+        AdminAnswer {
+            status,
+            content_type: JSON,
+            body,
         }
     }
 
     async fn connection(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
         let mut buf = Vec::with_capacity(1024);
         loop {
             let read = tokio::time::timeout(IDLE, read_request(&mut stream, &mut buf));
             let Ok(Some(req)) = read.await.unwrap_or(Ok(None)) else {
                 return Ok(());
             };
-            let (status, ctype, body) = self.answer(&req.method, &req.path).await;
+            let answer = self.answer(&req.method, &req.path, peer).await;
             let extra = [("cache-control", "no-store".to_string())];
-            stream
-                .write_all(&full(status, ctype, &extra, &body))
-                .await?;
+            let bytes = full(answer.status, answer.content_type, &extra, &answer.body);
+            stream.write_all(&bytes).await?;
             if req.close {
                 return Ok(());
             }
         }
     }
+}
+
+/// 127.0.0.0/8 and ::1, also written as an IPv4-mapped IPv6 address.
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 #[async_trait]
@@ -222,4 +269,47 @@ pub fn request_reload(admin: SocketAddr) -> std::io::Result<ReloadAnswer> {
         .map_or("", |(_, b)| b)
         .to_string();
     Ok(ReloadAnswer { accepted, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::observe::Metrics;
+
+    fn endpoints() -> Endpoints {
+        let path = std::path::Path::new("/nonexistent/tollgate.toml");
+        let cfg = Config::parse(path, "[upstream]\naddress = \"127.0.0.1:3000\"\n").unwrap();
+        let live = Live::new(path.to_path_buf(), &cfg, Arc::new(Metrics::new()));
+        Endpoints {
+            live: Arc::new(live),
+            readiness: Arc::new(Readiness::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn reloads_only_from_loopback_and_reads_from_anywhere() {
+        let e = endpoints();
+        let outside: IpAddr = "192.0.2.7".parse().unwrap();
+        let refused = e.answer("POST", "/reload", Some(outside)).await;
+        assert_eq!(refused.status, 403);
+        let v: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+        assert_eq!(v["error"]["code"], "forbidden");
+        assert!(v["error"]["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_"));
+        assert_eq!(e.live.metrics().admin_refused.get(), 1);
+        assert_eq!(e.answer("POST", "/reload", None).await.status, 403);
+
+        // From loopback the reload runs (and fails here: no such file).
+        for inside in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let answer = e.answer("POST", "/reload", inside.parse().ok()).await;
+            assert_eq!(answer.status, 400, "{inside}: the reload ran");
+        }
+        assert_eq!(e.live.metrics().admin_refused.get(), 2);
+        let metrics = e.answer("GET", "/metrics", Some(outside)).await;
+        assert_eq!(metrics.status, 200);
+        assert_eq!(e.answer("GET", "/nope", Some(outside)).await.status, 404);
+    }
 }

@@ -16,7 +16,7 @@ use super::ctx::{Ctx, SentError};
 use super::headers::{insert_own_headers, write_own_fields};
 use super::patched;
 use crate::errors::reason_phrase;
-use crate::observe::FailureKind;
+use crate::observe::{ClientErrorKind, FailureKind};
 use crate::rate_limit::headers::int_value;
 
 /// An error answer made by the gateway (docs/errors.md, "The gateway's
@@ -27,15 +27,22 @@ pub struct GatewayAnswer {
     pub message: Cow<'static, str>,
     /// A 429's `details.retry_after`, in seconds.
     pub retry_after: Option<u64>,
+    /// The connection cannot carry another request after this answer
+    /// (the body was not read, or the framing cannot be trusted).
+    pub close: bool,
+    /// Counted in `tollgate_client_errors_total` under this kind.
+    pub client_error: Option<ClientErrorKind>,
 }
 
 impl GatewayAnswer {
     /// 429: a rule's bucket is empty.
     pub fn rate_limited(retry_after_secs: u64) -> GatewayAnswer {
         GatewayAnswer {
-            status: 429,
-            message: "Too many requests; retry after the time in Retry-After.".into(),
             retry_after: Some(retry_after_secs),
+            ..GatewayAnswer::plain(
+                429,
+                "Too many requests; retry after the time in Retry-After.",
+            )
         }
     }
 
@@ -44,15 +51,26 @@ impl GatewayAnswer {
         GatewayAnswer::plain(503, "Rate limiting is unavailable; try again shortly.")
     }
 
-    /// 413: the body is over `server.max_request_body_bytes`.
+    /// 413: the declared body is over `server.max_request_body_bytes`. It
+    /// is not read, so the connection closes.
     pub fn body_too_large(max_request_body: u64) -> GatewayAnswer {
         GatewayAnswer {
-            status: 413,
             message: format!(
                 "The request body is larger than the {max_request_body} bytes this gateway accepts."
             )
             .into(),
-            retry_after: None,
+            close: true,
+            ..GatewayAnswer::plain(413, "")
+        }
+    }
+
+    /// 400: the request breaks HTTP/1.1's framing rules (docs/security.md),
+    /// so nothing after it on the connection can be trusted.
+    pub fn malformed(what: &'static str) -> GatewayAnswer {
+        GatewayAnswer {
+            close: true,
+            client_error: Some(ClientErrorKind::Malformed),
+            ..GatewayAnswer::plain(400, what)
         }
     }
 
@@ -61,6 +79,8 @@ impl GatewayAnswer {
             status,
             message: message.into(),
             retry_after: None,
+            close: false,
+            client_error: None,
         }
     }
 }
@@ -129,10 +149,11 @@ pub fn classify(e: &Error) -> ProxyFailure {
 }
 
 /// Send a gateway answer: its envelope, `X-Request-Id` and the
-/// rate-limit headers, `Content-Type` and `Content-Length`.
+/// rate-limit headers, `Content-Type` and `Content-Length`; count it when
+/// the client is to blame, and close the connection after it when asked.
 ///
 /// Over HTTP/1 the header fields are written straight to bytes and the
-/// whole response leaves in one write ([`patched::write_prepared_response`]):
+/// whole response leaves in one write (`patched::write_prepared_response`):
 /// no header map is built, filled and serialized again, which was most of
 /// a 429's cost. Over HTTP/2 it goes through a `ResponseHeader`. The bytes
 /// on the wire are the same either way.
@@ -141,7 +162,15 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -
         status,
         message,
         retry_after,
+        close,
+        client_error,
     } = answer;
+    if close {
+        session.set_keepalive(None);
+    }
+    if let Some(kind) = client_error {
+        ctx.rt.metrics.client_error(kind);
+    }
     let code = StatusCode::from_u16(status).or_err(ErrorType::InternalError, "gateway status")?;
     // One buffer: the envelope, then the header fields after it.
     let mut buf = Vec::with_capacity(512);
@@ -181,12 +210,15 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -
     }
 }
 
+/// The status Pingora and the metrics record for a request that got no
+/// response at all (the client left first).
+pub const NO_RESPONSE: u16 = 0;
+
 /// After a failed attempt to proxy: count it, and send its answer if no
-/// response has begun. Returns the status for the log and Pingora (0: the
-/// client is gone).
+/// response has begun. Returns the status for the log and Pingora.
 pub async fn send_failure(session: &mut Session, ctx: &mut Ctx, failure: ProxyFailure) -> u16 {
     let ProxyFailure::Answer { answer, upstream } = failure else {
-        return 0;
+        return NO_RESPONSE;
     };
     if let Some(kind) = upstream {
         ctx.rt.metrics.failure(kind);
@@ -196,7 +228,10 @@ pub async fn send_failure(session: &mut Session, ctx: &mut Ctx, failure: ProxyFa
     ctx.failed_status = Some(status);
     if session.response_written().is_none() {
         // The connection is not reused after a failure: say so.
-        session.set_keepalive(None);
+        let answer = GatewayAnswer {
+            close: true,
+            ..answer
+        };
         if let Err(e) = send(session, ctx, answer).await {
             tracing::debug!(error = %e, "the gateway's error answer could not be sent");
         }

@@ -9,11 +9,11 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::runtime::Runtime;
-use crate::client::RequestId;
-use crate::errors::{CollectedError, Envelope, ErrorTable, Source};
+use crate::client::{ClientKey, RequestId};
+use crate::errors::{CollectedError, Envelope, ErrorClass, ErrorTable, Source};
 use crate::observe::FailureKind;
 use crate::rate_limit::Decision;
-use crate::routes::RouteId;
+use crate::routes::{RouteId, DEFAULT_ROUTE};
 
 /// One request's state. Moved with every request, so the rare parts are
 /// boxed.
@@ -25,6 +25,8 @@ pub struct Ctx {
     pub request_id: RequestId,
     /// `None` when the peer has no IP address (nothing is limited then).
     pub client_ip: Option<IpAddr>,
+    /// The client's bucket key, made once from `client_ip`.
+    pub client_key: Option<ClientKey>,
     pub route: RouteId,
     /// A HEAD request: answers carry no body.
     pub head: bool,
@@ -49,7 +51,8 @@ impl Ctx {
             start: Instant::now(),
             request_id: RequestId::default(),
             client_ip: None,
-            route: 0,
+            client_key: None,
+            route: DEFAULT_ROUTE,
             head: false,
             decision: Decision::default(),
             request_body: RequestBody::default(),
@@ -116,7 +119,7 @@ impl SentError {
                 message: &n.envelope.message,
             },
             SentError::Gateway { status, message } => {
-                let (kind, code) = table.type_and_code(*status);
+                let ErrorClass { kind, code } = table.type_and_code(*status);
                 ErrorSummary {
                     kind,
                     code,

@@ -1,6 +1,6 @@
 //! The Pingora `ProxyHttp` hooks, in the order a request meets them. Each
-//! is a few lines that call into [`request`], [`upstream`], [`response`],
-//! [`answer`] and [`log`]: data flows one way, client → limiter →
+//! is a few lines that call into `request`, `upstream`, `response`,
+//! `answer` and `log`: data flows one way, client → limiter →
 //! upstream → normalizer → metrics and log.
 
 use std::sync::Arc;
@@ -48,14 +48,19 @@ impl ProxyHttp for Gateway {
         Ctx::new(self.live.runtime())
     }
 
-    /// The request header is in: identify the client, ask the limiter,
-    /// check the declared body size; answer 429/503/413 here, or go on.
+    /// The request header is in: identify the client, refuse broken
+    /// framing, ask the limiter, check the declared body size; answer
+    /// 400/429/503/413 here, or go on.
     ///
     /// async_trait boxes this future on every request, so it holds no
     /// large future inline: the shared backend's round trip and the
     /// writes of an answer are boxed on their own, only when they happen.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         request::identify(session, ctx);
+        if let Some(answer) = request::check_framing(session) {
+            Box::pin(answer::send(session, ctx, answer)).await?;
+            return Ok(true);
+        }
         let outcome = match request::decide(session, ctx) {
             Pending::Ready(outcome) => outcome,
             Pending::Shared(decision) => decision.await,
@@ -81,11 +86,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        headers::add_to_upstream_request(upstream, peer, ctx)
+        headers::add_to_upstream_request(upstream, request::peer_ip(session), ctx)
     }
 
     /// Each piece of the request body: count it against the limit, hold a

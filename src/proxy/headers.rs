@@ -84,7 +84,7 @@ pub fn add_to_upstream_request(
         ctx.request_id.header_value(),
     )?;
     if let Some(peer) = peer {
-        let chain = forwarded_for(&upstream.headers, peer)?;
+        let chain = xff_chain(&upstream.headers, peer)?;
         patched::insert_request_header(upstream, &X_FORWARDED_FOR, "x-forwarded-for", chain)?;
     }
     Ok(())
@@ -93,7 +93,7 @@ pub fn add_to_upstream_request(
 /// The `X-Forwarded-For` chain for the upstream: the values the request
 /// came with (those that are text), then the peer's address. Built in one
 /// exact-size allocation, the address written by [`client::ip_text`].
-pub fn forwarded_for(headers: &http::HeaderMap, peer: IpAddr) -> Result<HeaderValue> {
+pub fn xff_chain(headers: &http::HeaderMap, peer: IpAddr) -> Result<HeaderValue> {
     let mut ip_buf = [0u8; 45];
     let ip = client::ip_text(peer, &mut ip_buf);
     let values = headers.get_all(&X_FORWARDED_FOR);
@@ -127,7 +127,7 @@ mod tests {
         ];
         let mut headers = http::HeaderMap::new();
         for peer in peers {
-            let v = forwarded_for(&headers, peer).unwrap();
+            let v = xff_chain(&headers, peer).unwrap();
             assert_eq!(v.to_str().unwrap(), peer.to_string());
         }
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static(" 203.0.113.9 "));
@@ -136,7 +136,7 @@ mod tests {
             &X_FORWARDED_FOR,
             HeaderValue::from_static("10.0.0.1, 10.0.0.2"),
         );
-        let v = forwarded_for(&headers, peers[1]).unwrap();
+        let v = xff_chain(&headers, peers[1]).unwrap();
         assert_eq!(
             v.to_str().unwrap(),
             "203.0.113.9, 10.0.0.1, 10.0.0.2, 192.168.100.254",

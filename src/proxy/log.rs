@@ -2,6 +2,7 @@
 
 use pingora::proxy::Session;
 
+use super::answer::NO_RESPONSE;
 use super::ctx::Ctx;
 use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::FailureKind;
@@ -12,7 +13,9 @@ pub fn finish(session: &Session, ctx: &Ctx) {
     let rt = &ctx.rt;
     let status = session
         .response_written()
-        .map_or(ctx.failed_status.unwrap_or(0), |r| r.status.as_u16());
+        .map_or(ctx.failed_status.unwrap_or(NO_RESPONSE), |r| {
+            r.status.as_u16()
+        });
     let route = &rt.route_metrics[ctx.route];
     let elapsed = ctx.start.elapsed();
     route.count(status);

@@ -4,7 +4,7 @@
 //! and the live, reloadable runtime ([`live`], [`runtime`]).
 //!
 //! Calls to APIs that exist only in the patched Pingora go through
-//! [`patched`].
+//! `patched`.
 
 pub mod admin;
 pub mod answer;

@@ -1,8 +1,10 @@
 //! The request's way in: who is asking, the limiter's decision, the body
 //! limit.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, FORWARDED};
+use http::header::{CONTENT_LENGTH, FORWARDED, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
@@ -18,11 +20,7 @@ use crate::rate_limit::{Decision, Outcome, Pending};
 pub fn identify(session: &Session, ctx: &mut Ctx) {
     let rt = &ctx.rt;
     let req = session.req_header();
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    ctx.client_ip = peer.map(|p| {
+    ctx.client_ip = peer_ip(session).map(|p| {
         // Looked up only if `resolve` asks: not at all for an untrusted peer.
         let values = |name: &'static HeaderName| {
             std::iter::once(name)
@@ -34,24 +32,62 @@ pub fn identify(session: &Session, ctx: &mut Ctx) {
     });
     // The client's buckets load while the rest of this runs; with many
     // clients they are in DRAM, not the cache (bucket_table::Prefetcher).
-    if let Some(ip) = ctx.client_ip {
-        let key = rt.client_ip.key(ip);
+    ctx.client_key = ctx.client_ip.map(|ip| rt.client_ip.key(ip));
+    if let Some(key) = &ctx.client_key {
         rt.limiter
-            .prefetch(req.method.as_str(), req.uri.path(), &key);
+            .prefetch(req.method.as_str(), req.uri.path(), key);
     }
     ctx.head = req.method == Method::HEAD;
     ctx.request_id = RequestId::reuse_or_generate(req.headers.get(&X_REQUEST_ID));
     ctx.route = rt.routes.find(req.method.as_str(), req.uri.path());
 }
 
+/// 400 for an HTTP/1 request whose body framing a server behind the
+/// gateway might read differently (request smuggling): `Content-Length`
+/// and `Transfer-Encoding` together. RFC 9112 lets a server drop the
+/// length and go on; a gateway in front of servers of unknown parsing
+/// refuses instead, as Envoy does by default. (Pingora itself refuses
+/// differing or non-decimal lengths and a last coding other than
+/// `chunked`.)
+pub fn check_framing(session: &Session) -> Option<GatewayAnswer> {
+    let chunked = session.req_header().headers.contains_key(TRANSFER_ENCODING);
+    if !chunked || session.is_http2() {
+        return None;
+    }
+    // Pingora has already dropped the `Content-Length` (RFC 9112 §6.3):
+    // look at the head as it was sent. Only requests with a
+    // `Transfer-Encoding` pay for this.
+    let head = session.to_h1_raw();
+    has_content_length(&head).then(|| {
+        GatewayAnswer::malformed("Content-Length and Transfer-Encoding must not be sent together.")
+    })
+}
+
+/// Whether a raw HTTP/1 request head has a `Content-Length` field. Pingora
+/// refuses a head with whitespace before a colon, so a field's name is
+/// everything before its first colon.
+fn has_content_length(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.split(|&b| b == b':').next())
+        .any(|name| name.eq_ignore_ascii_case(b"content-length"))
+}
+
+/// The TCP peer's address (none for a Unix socket).
+pub fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
 /// Ask the limiter about this request (no decision without a client
 /// address).
 pub fn decide<'a>(session: &'a Session, ctx: &'a Ctx) -> Pending<'a> {
-    let Some(ip) = ctx.client_ip else {
+    let Some(key) = ctx.client_key else {
         return Pending::Ready(Outcome::Decided(Decision::default()));
     };
     let req = session.req_header();
-    let key = ctx.rt.client_ip.key(ip);
     ctx.rt
         .limiter
         .decide(req.method.as_str(), req.uri.path(), key)
@@ -82,11 +118,7 @@ pub fn check_body_size(session: &mut Session, ctx: &mut Ctx) -> Option<GatewayAn
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
-        Some(n) if n > limit => {
-            // The body is not read: the connection cannot be reused.
-            session.set_keepalive(None);
-            Some(GatewayAnswer::body_too_large(limit))
-        }
+        Some(n) if n > limit => Some(GatewayAnswer::body_too_large(limit)),
         Some(_) => None,
         None => {
             ctx.request_body.hold = !session.is_body_empty();
@@ -119,4 +151,23 @@ pub fn hold_body(ctx: &mut Ctx, body: &mut Option<Bytes>, end_of_stream: bool) -
         };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_is_found_in_any_case_and_not_in_values() {
+        let head = |fields: &str| format!("POST /x HTTP/1.1\r\nhost: t\r\n{fields}\r\n");
+        assert!(has_content_length(head("Content-Length: 4\r\n").as_bytes()));
+        assert!(has_content_length(head("CONTENT-LENGTH:4\r\n").as_bytes()));
+        assert!(!has_content_length(
+            head("x-note: content-length\r\n").as_bytes()
+        ));
+        assert!(!has_content_length(
+            head("content-length-x: 4\r\n").as_bytes()
+        ));
+        assert!(!has_content_length(b"content-length /x HTTP/1.1\r\n\r\n"));
+    }
 }

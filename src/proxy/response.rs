@@ -29,12 +29,15 @@ pub fn begin_envelope(
     ctx: &mut Ctx,
 ) -> Result<EnvelopeTiming> {
     let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
-    let collected = CollectedError::new(
-        resp.status.as_u16(),
-        header(CONTENT_TYPE),
-        header(CONTENT_ENCODING),
-        ctx.rt.max_error_body,
-    );
+    // A HEAD answer has no body to gather.
+    let collected = (!ctx.head).then(|| {
+        CollectedError::new(
+            resp.status.as_u16(),
+            header(CONTENT_TYPE),
+            header(CONTENT_ENCODING),
+            ctx.rt.max_error_body,
+        )
+    });
     let empty = resp
         .headers
         .get(CONTENT_LENGTH)
@@ -44,9 +47,9 @@ pub fn begin_envelope(
     }
     resp.remove_header("content-md5");
     resp.insert_header(CONTENT_TYPE, "application/json")?;
-    if ctx.head {
+    let Some(collected) = collected else {
         return Ok(EnvelopeTiming::AtEndOfBody);
-    }
+    };
     ctx.collecting = Some(Box::new(collected));
     if empty {
         let body = finish_envelope(ctx).unwrap_or_default();

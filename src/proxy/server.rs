@@ -17,7 +17,6 @@ use super::gateway::Gateway;
 use super::live::Live;
 use crate::config::Config;
 use crate::observe::Metrics;
-use crate::rate_limit::rule_names;
 
 /// Sweeps idle keys from whichever runtime is current.
 struct Janitor {
@@ -77,7 +76,7 @@ pub struct Launch {
 /// the start fails.
 pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     let s = &cfg.server;
-    let metrics = Arc::new(Metrics::new(&rule_names(&cfg.rate_limit.limiter.rules)));
+    let metrics = Arc::new(Metrics::new());
     let live = Arc::new(Live::new(launch.config_path, &cfg, metrics));
     let readiness = Arc::new(Readiness::default());
     let admin_socket = match admin::bind(s.admin_listen) {
@@ -122,10 +121,7 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
         options.h2c = s.h2c;
         logic.server_options = Some(options);
     }
-    let sweep_every = cfg
-        .rate_limit
-        .sweep_interval
-        .max(Duration::from_millis(100));
+    let sweep_every = cfg.rate_limit.sweep_interval;
 
     server.add_service(proxy);
     server.add_service(background_service(

@@ -62,6 +62,12 @@ impl RuleSpec {
         self.period.as_secs_f64().ceil() as u64
     }
 
+    /// Time an empty bucket takes to fill again (`period / limit × burst`),
+    /// unclamped: what config checks against [`MAX_REFILL`].
+    pub fn full_refill(&self) -> Duration {
+        (self.period / self.limit.max(1)).saturating_mul(self.burst.max(1))
+    }
+
     /// Time between two tokens, at least 1 ns, clamped so a full burst
     /// refills within [`MAX_REFILL`] (config refuses longer ones; this
     /// guards other callers from governor's overflow).

@@ -189,7 +189,7 @@ impl RedisLimiter {
         let mut inv = self.script.prepare_invoke();
         for i in matched.iter() {
             let r = &rules[i];
-            let interval_us = (r.period.as_micros() / u128::from(r.limit.max(1))).max(1) as u64;
+            let interval_us = r.replenish_interval().as_micros().max(1) as u64;
             inv.key(format!(
                 "tollgate:{{{client}}}:{}:{}",
                 r.name,

@@ -187,12 +187,19 @@ impl Gateway {
         self.dir.0.join("tollgate.toml")
     }
 
-    /// (Re)write the config file for this gateway's ports.
+    /// (Re)write the config file for this gateway's ports. `server_extra`
+    /// may set `admin_listen` itself, writing `{ADMIN}` for the port.
     pub fn write_config(&self, server_extra: &str, upstream_extra: &str, extra: &str) {
         let (port, admin, upstream_port) = (self.port, self.admin, self.upstream_port);
         let upgrade_sock = self.dir.0.join("upgrade.sock");
+        let server_extra = server_extra.replace("{ADMIN}", &admin.to_string());
+        let admin_line = if server_extra.contains("admin_listen") {
+            String::new()
+        } else {
+            format!("admin_listen = \"127.0.0.1:{admin}\"\n")
+        };
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\nupgrade_sock = \"{}\"\n{server_extra}\n\n[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n{upstream_extra}\n{extra}\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{admin_line}threads = 1\nupgrade_sock = \"{}\"\n{server_extra}\n\n[upstream]\naddress = \"127.0.0.1:{upstream_port}\"\n{upstream_extra}\n{extra}\n",
             upgrade_sock.display()
         );
         std::fs::write(self.config_path(), toml).expect("write config");
@@ -267,6 +274,10 @@ impl Response {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -285,6 +296,10 @@ pub struct Conn {
 impl Conn {
     pub fn open(port: u16) -> Conn {
         let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
+        Conn::from_stream(s)
+    }
+
+    pub fn from_stream(s: TcpStream) -> Conn {
         s.set_read_timeout(Some(Duration::from_secs(20))).ok();
         Conn {
             reader: BufReader::new(s),

@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod clients;
 mod deploy;
 mod errors;
 mod lifecycle;

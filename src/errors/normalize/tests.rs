@@ -367,10 +367,8 @@ fn overrides_change_type_and_code() {
         },
     );
     let t = ErrorTable::new(o);
-    assert_eq!(
-        t.type_and_code(404),
-        ("missing".into(), "no_such_thing".into())
-    );
-    assert_eq!(t.type_and_code(400).1, "bad_request");
-    assert_eq!(t.type_and_code(451).1, "http_451");
+    let class = t.type_and_code(404);
+    assert_eq!((&*class.kind, &*class.code), ("missing", "no_such_thing"));
+    assert_eq!(t.type_and_code(400).code, "bad_request");
+    assert_eq!(t.type_and_code(451).code, "http_451");
 }
