@@ -18,6 +18,12 @@ use crate::rate_limit::{
 };
 use crate::routes::{RequestMatcher, RouteSpec};
 
+/// Smallest `server.max_header_bytes`: a request line and a few fields.
+const MIN_HEADER_BYTES: usize = 1024;
+/// Largest `server.max_header_bytes`: Pingora refuses a head over 1 MiB
+/// whatever the setting (with its own answer, not the gateway's).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
 /// Makes an error at a place in the file: a span when serde kept one, else
 /// the key's own line is looked up.
 pub(super) type At<'a> = dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError + 'a;
@@ -27,6 +33,19 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
     let s = &file.server;
     if s.threads == 0 {
         return Err(at(None, "server.threads", "must be at least 1".into()));
+    }
+    if s.header_timeout.0.is_zero() {
+        let message = "must be longer than zero".into();
+        return Err(at(None, "server.header_timeout", message));
+    }
+    // Pingora counts the idle time between requests in whole seconds.
+    if s.keepalive_timeout.0 < Duration::from_secs(1) {
+        let message = "must be at least 1s".into();
+        return Err(at(None, "server.keepalive_timeout", message));
+    }
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&s.max_header_bytes) {
+        let message = format!("must be from {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES} bytes");
+        return Err(at(None, "server.max_header_bytes", message));
     }
     if file.client_ip.ipv6_prefix > 128 {
         return Err(at(None, "client_ip.ipv6_prefix", "must be 0..=128".into()));
@@ -169,6 +188,9 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             grace_period: server.grace_period.0,
             h2c: server.h2c,
             upgrade_sock: server.upgrade_sock.clone(),
+            header_timeout: server.header_timeout.0,
+            keepalive_timeout: server.keepalive_timeout.0,
+            max_header_bytes: server.max_header_bytes,
         },
         upstream,
         client_ip: ClientIpResolver::new(

@@ -110,6 +110,12 @@ pub struct ServerConfig {
     /// The Unix socket a new binary takes the listeners over from
     /// (`tollgate --upgrade`, then SIGQUIT to the old process).
     pub upgrade_sock: String,
+    /// A request head must arrive whole within this of its first byte.
+    pub header_timeout: HumanDuration,
+    /// An idle client connection is closed after this.
+    pub keepalive_timeout: HumanDuration,
+    /// Largest request head (request line and fields), in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +128,9 @@ impl Default for ServerConfig {
             grace_period: HumanDuration(Duration::from_secs(10)),
             h2c: true,
             upgrade_sock: "/tmp/tollgate-upgrade.sock".into(),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            keepalive_timeout: HumanDuration(Duration::from_secs(60)),
+            max_header_bytes: 65_536,
         }
     }
 }

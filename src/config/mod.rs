@@ -57,6 +57,13 @@ pub struct ServerSettings {
     /// The Unix socket a new binary takes the listeners over from
     /// (`tollgate --upgrade`, then SIGQUIT to the old process).
     pub upgrade_sock: String,
+    /// A request head must arrive whole within this of its first byte
+    /// (408 past it).
+    pub header_timeout: Duration,
+    /// An idle client connection is closed after this (whole seconds).
+    pub keepalive_timeout: Duration,
+    /// Largest request head; 431 past it.
+    pub max_header_bytes: usize,
 }
 
 /// `[upstream]`, resolved.

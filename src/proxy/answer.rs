@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::v1::server::{HEAD_TIMEOUT, HEAD_TOO_LARGE};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
@@ -74,6 +76,40 @@ impl GatewayAnswer {
         }
     }
 
+    /// The answer to a request head that could not be read, when the
+    /// client is to blame: 408 past `server.header_timeout`, 431 past
+    /// `server.max_header_bytes`, 400 for a head the parser refuses. `None`:
+    /// the connection broke and nothing can be sent.
+    pub fn for_broken_head(e: &Error, max_header_bytes: usize) -> Option<GatewayAnswer> {
+        let (status, message, kind): (u16, Cow<'static, str>, _) = match e.etype() {
+            t if *t == HEAD_TIMEOUT => (
+                408,
+                "The request head was not received in time.".into(),
+                ClientErrorKind::HeaderTimeout,
+            ),
+            t if *t == HEAD_TOO_LARGE => (
+                431,
+                format!(
+                    "The request head is larger than the {max_header_bytes} bytes this gateway accepts."
+                )
+                .into(),
+                ClientErrorKind::HeaderTooLarge,
+            ),
+            ErrorType::InvalidHTTPHeader => (
+                400,
+                "The request head is malformed.".into(),
+                ClientErrorKind::Malformed,
+            ),
+            _ => return None,
+        };
+        Some(GatewayAnswer {
+            message,
+            close: true,
+            client_error: Some(kind),
+            ..GatewayAnswer::plain(status, "")
+        })
+    }
+
     fn plain(status: u16, message: &'static str) -> GatewayAnswer {
         GatewayAnswer {
             status,
@@ -111,7 +147,13 @@ pub fn classify(e: &Error) -> ProxyFailure {
         ErrorSource::Downstream => match e.etype() {
             ReadError | WriteError | ConnectionClosed => ProxyFailure::ClientGone,
             ReadTimedout => answer(408, "The request was not received in time.", None),
-            _ => answer(400, "The request could not be read.", None),
+            _ => ProxyFailure::Answer {
+                answer: GatewayAnswer {
+                    client_error: Some(ClientErrorKind::Malformed),
+                    ..GatewayAnswer::plain(400, "The request could not be read.")
+                },
+                upstream: None,
+            },
         },
         ErrorSource::Upstream => match e.etype() {
             ConnectTimedout | TLSHandshakeTimedout => answer(
@@ -148,31 +190,39 @@ pub fn classify(e: &Error) -> ProxyFailure {
     }
 }
 
-/// Send a gateway answer: its envelope, `X-Request-Id` and the
-/// rate-limit headers, `Content-Type` and `Content-Length`; count it when
-/// the client is to blame, and close the connection after it when asked.
-///
-/// Over HTTP/1 the header fields are written straight to bytes and the
-/// whole response leaves in one write (`patched::write_prepared_response`):
-/// no header map is built, filled and serialized again, which was most of
-/// a 429's cost. Over HTTP/2 it goes through a `ResponseHeader`. The bytes
-/// on the wire are the same either way.
-pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -> Result<()> {
+/// An answer ready to write: the envelope, then the HTTP/1 header
+/// fields, in one buffer.
+struct Prepared {
+    code: StatusCode,
+    buf: Vec<u8>,
+    body_len: usize,
+}
+
+impl Prepared {
+    fn body(&self) -> &[u8] {
+        &self.buf[..self.body_len]
+    }
+
+    fn fields(&self) -> &[u8] {
+        &self.buf[self.body_len..]
+    }
+}
+
+/// Everything every gateway answer does besides writing itself: count it
+/// when the client is to blame, make its envelope and header fields, and
+/// keep what it said for the log.
+fn prepare(ctx: &mut Ctx, answer: GatewayAnswer) -> Result<Prepared> {
     let GatewayAnswer {
         status,
         message,
         retry_after,
-        close,
+        close: _,
         client_error,
     } = answer;
-    if close {
-        session.set_keepalive(None);
-    }
     if let Some(kind) = client_error {
         ctx.rt.metrics.client_error(kind);
     }
     let code = StatusCode::from_u16(status).or_err(ErrorType::InternalError, "gateway status")?;
-    // One buffer: the envelope, then the header fields after it.
     let mut buf = Vec::with_capacity(512);
     ctx.rt.errors.write_gateway_error(
         &mut buf,
@@ -187,8 +237,30 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -
     buf.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     buf.extend_from_slice(b"\r\n");
     ctx.sent = Some(SentError::Gateway { status, message });
-    let (body, fields) = buf.split_at(body_len);
-    if patched::write_prepared_response(session, code, fields, body).await? {
+    Ok(Prepared {
+        code,
+        buf,
+        body_len,
+    })
+}
+
+/// Send a gateway answer: its envelope, `X-Request-Id` and the
+/// rate-limit headers, `Content-Type` and `Content-Length`; count it when
+/// the client is to blame, and close the connection after it when asked.
+///
+/// Over HTTP/1 the header fields are written straight to bytes and the
+/// whole response leaves in one write (`patched::write_prepared_response`):
+/// no header map is built, filled and serialized again, which was most of
+/// a 429's cost. Over HTTP/2 it goes through a `ResponseHeader`. The bytes
+/// on the wire are the same either way.
+pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -> Result<()> {
+    if answer.close {
+        session.set_keepalive(None);
+    }
+    let prepared = prepare(ctx, answer)?;
+    let (code, body, fields) = (prepared.code, prepared.body(), prepared.fields());
+    let downstream = &mut session.downstream_session;
+    if patched::write_prepared_response(downstream, code, fields, body).await? {
         return Ok(());
     }
     let body = Bytes::copy_from_slice(body);
@@ -208,6 +280,23 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -
         session.write_response_header(Box::new(h), false).await?;
         session.write_response_body(Some(body), true).await
     }
+}
+
+/// Send the answer to a request head that could not be read (HTTP/1
+/// only; the connection closes after it). Returns whether it was sent.
+pub async fn send_to_broken_head(
+    session: &mut ServerSession,
+    ctx: &mut Ctx,
+    answer: GatewayAnswer,
+) -> bool {
+    session.set_keepalive(None);
+    let Ok(prepared) = prepare(ctx, answer) else {
+        return false;
+    };
+    let (body, fields) = (prepared.body(), prepared.fields());
+    patched::write_prepared_response(session, prepared.code, fields, body)
+        .await
+        .unwrap_or(false)
 }
 
 /// The status Pingora and the metrics record for a request that got no
@@ -281,6 +370,28 @@ mod tests {
         assert_eq!(at(Upstream, InvalidHTTPHeader), Some((502, invalid)));
         assert_eq!(at(Internal, InternalError), Some((500, None)));
         assert_eq!(at(Upstream, HTTPStatus(413)), Some((413, None)));
+    }
+
+    #[test]
+    fn broken_heads_get_their_own_answers_and_kinds() {
+        let answer = |etype| GatewayAnswer::for_broken_head(&Error::new_down(etype), 4096);
+        let timeout = answer(HEAD_TIMEOUT).unwrap();
+        assert_eq!(timeout.status, 408);
+        assert_eq!(timeout.client_error, Some(ClientErrorKind::HeaderTimeout));
+        let large = answer(HEAD_TOO_LARGE).unwrap();
+        assert_eq!(large.status, 431);
+        assert!(large.message.contains("4096 bytes"));
+        assert_eq!(large.client_error, Some(ClientErrorKind::HeaderTooLarge));
+        let malformed = answer(ErrorType::InvalidHTTPHeader).unwrap();
+        assert_eq!(malformed.status, 400);
+        assert_eq!(malformed.client_error, Some(ClientErrorKind::Malformed));
+        assert!([timeout, large, malformed].iter().all(|a| a.close));
+        assert_eq!(
+            answer(ErrorType::ConnectionClosed),
+            None,
+            "nothing to answer"
+        );
+        assert_eq!(answer(ErrorType::ReadError), None);
     }
 
     #[test]

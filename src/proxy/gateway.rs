@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
@@ -147,6 +148,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         response::gather_error_body(ctx, body, end_of_stream);
         Ok(None)
+    }
+
+    /// The request head could not be read (malformed, too large, too
+    /// slow): answer 400/431/408 with the gateway's own envelope.
+    async fn request_head_failed(&self, session: &mut ServerSession, e: &Error) -> bool {
+        request::refuse_broken_head(session, e, Ctx::new(self.live.runtime())).await
     }
 
     /// Proxying failed: finish a broken envelope, or answer 502/504/4xx

@@ -112,6 +112,15 @@ impl Live {
         if old.grace_period != new.grace_period {
             changed.push("server.grace_period");
         }
+        if old.header_timeout != new.header_timeout {
+            changed.push("server.header_timeout");
+        }
+        if old.keepalive_timeout != new.keepalive_timeout {
+            changed.push("server.keepalive_timeout");
+        }
+        if old.max_header_bytes != new.max_header_bytes {
+            changed.push("server.max_header_bytes");
+        }
         changed
     }
 }

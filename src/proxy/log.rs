@@ -7,15 +7,33 @@ use super::ctx::Ctx;
 use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::FailureKind;
 
+/// What the log says of a request's first line (nothing when its head
+/// could not be read).
+pub struct RequestLine<'a> {
+    pub method: &'a str,
+    /// The path without its query string.
+    pub path: &'a str,
+}
+
 /// Count the request by route and status, and write its access line when
 /// it is one to log.
 pub fn finish(session: &Session, ctx: &Ctx) {
-    let rt = &ctx.rt;
     let status = session
         .response_written()
         .map_or(ctx.failed_status.unwrap_or(NO_RESPONSE), |r| {
             r.status.as_u16()
         });
+    let req = session.req_header();
+    let line = RequestLine {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+    };
+    record(status, &line, ctx);
+}
+
+/// [`finish`] for an answered request, from what is known of it.
+pub fn record(status: u16, line: &RequestLine<'_>, ctx: &Ctx) {
+    let rt = &ctx.rt;
     let route = &rt.route_metrics[ctx.route];
     let elapsed = ctx.start.elapsed();
     route.count(status);
@@ -23,7 +41,6 @@ pub fn finish(session: &Session, ctx: &Ctx) {
     if !access_log::wanted(status, rt.log_all) || !access_log::enabled() {
         return;
     }
-    let req = session.req_header();
     let rule = ctx
         .decision
         .deciding_rule()
@@ -32,8 +49,8 @@ pub fn finish(session: &Session, ctx: &Ctx) {
     let error = ctx.sent.as_ref().map(|s| s.summary(&rt.errors));
     let normalized = ctx.sent.as_ref().and_then(|s| s.normalized());
     access_log::emit(&AccessRecord {
-        method: req.method.as_str(),
-        path: req.uri.path(),
+        method: line.method,
+        path: line.path,
         status,
         route: &route.name,
         rule,

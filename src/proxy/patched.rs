@@ -5,7 +5,7 @@
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use pingora::Result;
 
 /// Write a whole response whose header fields are already serialized
@@ -15,15 +15,12 @@ use pingora::Result;
 /// Returns `false`, having written nothing, when the session is not
 /// HTTP/1: the caller then writes a `ResponseHeader` instead.
 pub async fn write_prepared_response(
-    session: &mut Session,
+    session: &mut ServerSession,
     status: StatusCode,
     fields: &[u8],
     body: &[u8],
 ) -> Result<bool> {
-    session
-        .downstream_session
-        .write_prepared_response(status, fields, body)
-        .await
+    session.write_prepared_response(status, fields, body).await
 }
 
 /// Make room for `n` more headers in a request bound upstream, in both

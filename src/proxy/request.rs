@@ -6,12 +6,14 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, FORWARDED, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use super::answer::GatewayAnswer;
+use super::answer::{self, GatewayAnswer, NO_RESPONSE};
 use super::ctx::Ctx;
 use super::headers::{X_FORWARDED_FOR, X_REQUEST_ID};
+use super::log::{self, RequestLine};
 use crate::client::RequestId;
 use crate::rate_limit::{Decision, Outcome, Pending};
 
@@ -71,6 +73,30 @@ fn has_content_length(head: &[u8]) -> bool {
         .skip(1)
         .filter_map(|line| line.split(|&b| b == b':').next())
         .any(|name| name.eq_ignore_ascii_case(b"content-length"))
+}
+
+/// A request head that could not be read: the gateway's own 400, 408 or
+/// 431, counted and logged like any answer. Returns whether one was sent
+/// (not when the connection broke).
+pub async fn refuse_broken_head(session: &mut ServerSession, e: &Error, mut ctx: Ctx) -> bool {
+    let max = ctx.rt.max_header_bytes;
+    let Some(answer) = GatewayAnswer::for_broken_head(e, max) else {
+        return false;
+    };
+    ctx.request_id = RequestId::generate();
+    ctx.client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let status = answer.status;
+    let sent = answer::send_to_broken_head(session, &mut ctx, answer).await;
+    // No request line could be trusted: the log says so with empty ones.
+    let line = RequestLine {
+        method: "",
+        path: "",
+    };
+    log::record(if sent { status } else { NO_RESPONSE }, &line, &ctx);
+    sent
 }
 
 /// The TCP peer's address (none for a Unix socket).

@@ -21,6 +21,8 @@ pub struct Runtime {
     pub errors: ErrorTable,
     pub max_error_body: usize,
     pub max_request_body: u64,
+    /// `server.max_header_bytes`, for the 431's message.
+    pub max_header_bytes: usize,
     pub routes: RouteTable,
     /// Per route, indexed by [`crate::routes::RouteId`].
     pub route_metrics: Vec<RouteMetrics>,
@@ -62,6 +64,7 @@ impl Runtime {
             errors: cfg.errors.table.clone(),
             max_error_body: cfg.errors.max_body_bytes,
             max_request_body: cfg.server.max_request_body_bytes,
+            max_header_bytes: cfg.server.max_header_bytes,
             routes,
             route_metrics,
             log_all: cfg.log_all_requests,

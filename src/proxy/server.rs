@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::http::v1::server::ClientLimits;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -119,6 +120,11 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     if let Some(logic) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = s.h2c;
+        options.h1_client_limits = Some(ClientLimits {
+            idle_timeout_secs: s.keepalive_timeout.as_secs(),
+            head_timeout: s.header_timeout,
+            max_head_bytes: s.max_header_bytes,
+        });
         logic.server_options = Some(options);
     }
     let sweep_every = cfg.rate_limit.sweep_interval;

@@ -2,6 +2,7 @@
 //! behind the gateway could read differently are refused, and the admin
 //! listener's one mutating endpoint answers loopback peers only.
 
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -127,4 +128,164 @@ fn reloads_are_accepted_from_loopback_only() {
         1.0,
         "the refused reload did not run"
     );
+}
+
+/// A raw connection that sends `bytes` and reads whatever comes back until
+/// the gateway closes it (or `within` passes).
+fn exchange(port: u16, bytes: &[u8], within: Duration) -> (Vec<u8>, Duration) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(within)).ok();
+    let start = std::time::Instant::now();
+    s.write_all(bytes).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (out, start.elapsed())
+}
+
+/// The status and the envelope's code of a raw answer.
+fn status_and_code(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn slow_heads_are_cut_with_408_while_others_are_served() {
+    let up = Upstream::start();
+    let gw = Gateway::start_with(up.port, "header_timeout = \"1s\"", "", "");
+    let slow = 200;
+    let started = std::time::Instant::now();
+    let mut conns: Vec<TcpStream> = (0..slow)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+            // A head begun and never finished (slowloris).
+            s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            s
+        })
+        .collect();
+    // Meanwhile another client is served at once.
+    let mut probe = gw.connect();
+    for _ in 0..10 {
+        let t = std::time::Instant::now();
+        assert_eq!(probe.request("GET", "/hello").status, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for s in &mut conns {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert_eq!(status_and_code(&out), (408, "http_408".into()));
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "all {slow} cut near the 1 s deadline, took {took:?}"
+    );
+    let scraped = gw.scrape();
+    let series = "tollgate_client_errors_total{kind=\"header_timeout\"}";
+    assert_eq!(metric(&scraped, series), f64::from(slow));
+}
+
+#[test]
+fn idle_connections_are_closed_silently_after_the_keepalive_timeout() {
+    let up = Upstream::start();
+    let gw = Gateway::start_with(up.port, "keepalive_timeout = \"1s\"", "", "");
+    let mut c = gw.connect();
+    // Ask for longer with Keep-Alive: the server's timeout still holds.
+    let r = c
+        .send("GET", "/hello", &[("keep-alive", "timeout=600")], b"")
+        .expect("an answer");
+    assert_eq!(r.status, 200);
+    let (rest, idle) = exchange_after(c, Duration::from_secs(5));
+    assert!(rest.is_empty(), "closed without a word: {rest:?}");
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}
+
+/// Wait on an open connection until the gateway closes it.
+fn exchange_after(c: Conn, within: Duration) -> (Vec<u8>, Duration) {
+    let mut s = c.into_stream();
+    s.set_read_timeout(Some(within)).ok();
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (out, start.elapsed())
+}
+
+#[test]
+fn oversized_and_malformed_heads_get_the_envelope_and_reach_nothing() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let requests = up.requests_seen();
+    let big = [
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: ".as_slice(),
+        &[b'a'; 70_000],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    let (out, _) = exchange(gw.port, &big, Duration::from_secs(5));
+    assert_eq!(status_and_code(&out), (431, "http_431".into()));
+
+    let malformed: [&[u8]; 7] = [
+        b"GET /hello HTTP/1.1\r\nHost : x\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nabcde",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ];
+    for req in malformed {
+        let (out, _) = exchange(gw.port, req, Duration::from_secs(5));
+        let shown = String::from_utf8_lossy(req);
+        assert_eq!(
+            status_and_code(&out),
+            (400, "bad_request".into()),
+            "{shown:?}"
+        );
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(text.contains("x-request-id: req_"), "{shown:?}: {text}");
+        assert!(text.contains("connection: close"), "{shown:?}: {text}");
+        assert!(!text.contains("pingora"), "{shown:?}: {text}");
+    }
+    // A chunk size that is not a number: the head may have gone upstream
+    // (the body is held back), never a whole request.
+    let bad_chunk = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let (out, _) = exchange(gw.port, bad_chunk, Duration::from_secs(5));
+    assert_eq!(status_and_code(&out), (400, "bad_request".into()));
+
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        up.requests_seen(),
+        requests,
+        "no request reached the upstream whole"
+    );
+    let scraped = gw.scrape();
+    let kind = |k: &str| {
+        metric(
+            &scraped,
+            &format!("tollgate_client_errors_total{{kind=\"{k}\"}}"),
+        )
+    };
+    assert_eq!(kind("header_too_large"), 1.0);
+    assert_eq!(kind("malformed"), 8.0);
+    let log = gw.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("\"target\":\"tollgate::access\""))
+        .filter(|l| l.contains("\"status\":400") || l.contains("\"status\":431"))
+        .count();
+    assert_eq!(lines, 9, "one access line each:\n{log}");
 }

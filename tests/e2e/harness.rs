@@ -299,6 +299,11 @@ impl Conn {
         Conn::from_stream(s)
     }
 
+    /// The connection itself, for reading what comes after.
+    pub fn into_stream(self) -> TcpStream {
+        self.reader.into_inner()
+    }
+
     pub fn from_stream(s: TcpStream) -> Conn {
         s.set_read_timeout(Some(Duration::from_secs(20))).ok();
         Conn {

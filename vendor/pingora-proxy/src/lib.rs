@@ -347,6 +347,15 @@ where
             }
             Err(mut e) => {
                 e.as_down();
+                // tollgate patch (9): the app may answer first.
+                if self
+                    .inner
+                    .request_head_failed(&mut downstream_session, &e)
+                    .await
+                {
+                    downstream_session.shutdown().await;
+                    return None;
+                }
                 if matches!(e.etype, InvalidHTTPHeader) {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",

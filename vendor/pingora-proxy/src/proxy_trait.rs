@@ -620,6 +620,19 @@ pub trait ProxyHttp {
         e
     }
 
+    /// tollgate patch (vendor/PATCHES.md, 9): the request head could not be
+    /// read (a malformed head, or one over the server's client limits).
+    /// Return `true` after writing an answer of your own; `false` leaves
+    /// it to Pingora (an empty 400 for `InvalidHTTPHeader`, nothing
+    /// otherwise). No `CTX` exists yet. The connection is closed after.
+    async fn request_head_failed(
+        &self,
+        _session: &mut pingora_core::protocols::http::ServerSession,
+        _error: &Error,
+    ) -> bool {
+        false
+    }
+
     /// This filter is called when the request encounters a fatal error.
     ///
     /// Users may write an error response to the downstream if the downstream is still writable.

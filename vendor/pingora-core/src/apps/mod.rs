@@ -89,6 +89,13 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// tollgate patch (vendor/PATCHES.md, 9): limits on how HTTP/1
+    /// clients send their request heads, applied to every session of a
+    /// connection (see [`ClientLimits`](crate::protocols::http::v1::server::ClientLimits)).
+    ///
+    /// Default: `None` (Pingora's own behaviour)
+    pub h1_client_limits: Option<crate::protocols::http::v1::server::ClientLimits>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -375,6 +382,11 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            // tollgate patch (9): the client limits, on every session.
+            let client_limits = self.server_options().and_then(|o| o.h1_client_limits);
+            if let Some(limits) = client_limits {
+                session.set_client_limits(limits);
+            }
 
             // tollgate patch: unboxed per-request future (see the trait method).
             let mut result = self.process_new_http_unboxed(session, shutdown).await;
@@ -382,6 +394,9 @@ where
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                if let Some(limits) = client_limits {
+                    session.set_client_limits(limits);
                 }
 
                 result = self.process_new_http_unboxed(session, shutdown).await;

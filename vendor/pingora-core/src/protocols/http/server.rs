@@ -352,6 +352,14 @@ impl Session {
         }
     }
 
+    /// tollgate patch (vendor/PATCHES.md, 9): limits on how the client sends
+    /// its request heads. HTTP/1 only.
+    pub fn set_client_limits(&mut self, limits: super::v1::server::ClientLimits) {
+        if let Self::H1(s) = self {
+            s.set_client_limits(limits);
+        }
+    }
+
     /// Set the number of times the upstream connection connection for this
     /// session can be reused via keepalive. Noop for h2 and subrequest
     pub fn set_keepalive_reuses_remaining(&mut self, reuses: Option<u32>) {

@@ -73,6 +73,33 @@ impl ProxyTaskState {
     }
 }
 
+/// tollgate patch (vendor/PATCHES.md, 9): limits on how a client sends
+/// its request heads, set by the server app for every session of a
+/// connection. Without them a session behaves as upstream Pingora does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Longest wait for the first byte of a next request on a kept-alive
+    /// connection, in whole seconds (at least 1): the connection is then
+    /// closed without an answer. A client's `Keep-Alive: timeout` cannot
+    /// lengthen it.
+    pub idle_timeout_secs: u64,
+    /// Longest time from a request head's first byte to its end; past it
+    /// reading fails with [`HEAD_TIMEOUT`].
+    pub head_timeout: Duration,
+    /// Largest request head (request line and fields); past it reading
+    /// fails with [`HEAD_TOO_LARGE`] and no more is read.
+    pub max_head_bytes: usize,
+}
+
+/// tollgate patch (9): the request head did not arrive whole within
+/// [`ClientLimits::head_timeout`].
+pub const HEAD_TIMEOUT: pingora_error::ErrorType =
+    pingora_error::ErrorType::Custom("RequestHeadTimedout");
+/// tollgate patch (9): the request head is larger than
+/// [`ClientLimits::max_head_bytes`].
+pub const HEAD_TOO_LARGE: pingora_error::ErrorType =
+    pingora_error::ErrorType::Custom("RequestHeadTooLarge");
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -158,6 +185,8 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// tollgate patch (9): see [`ClientLimits`].
+    client_limits: Option<ClientLimits>,
 }
 
 impl HttpSession {
@@ -206,6 +235,16 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            client_limits: None,
+        }
+    }
+
+    /// tollgate patch (9): apply [`ClientLimits`] to this session, and its
+    /// idle timeout to the wait for this request's first byte.
+    pub fn set_client_limits(&mut self, limits: ClientLimits) {
+        self.client_limits = Some(limits);
+        if !matches!(self.keepalive_timeout, KeepaliveStatus::Off) {
+            self.set_keepalive(Some(limits.idle_timeout_secs.max(1)));
         }
     }
 
@@ -304,7 +343,17 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // tollgate patch (9): a head that needs more than one read has until
+        // this deadline, set when the first read leaves it unfinished.
+        let limits = self.client_limits;
+        let mut head_deadline = None;
         loop {
+            if let Some(l) = limits.filter(|l| already_read > l.max_head_bytes) {
+                return Error::e_explain(
+                    HEAD_TOO_LARGE,
+                    format!("request head larger than {}", l.max_head_bytes),
+                );
+            }
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
@@ -323,7 +372,26 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = match limits.filter(|_| already_read > 0) {
+                // tollgate patch (9): once a head has begun, it has until
+                // its deadline to end, however its bytes trickle in.
+                Some(l) => {
+                    let deadline = *head_deadline
+                        .get_or_insert_with(|| std::time::Instant::now() + l.head_timeout);
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let read = self.read_request_buf(&mut buf, already_read);
+                    match timeout(left, read).await {
+                        Ok(read) => read?,
+                        Err(_) => {
+                            return Error::e_explain(
+                                HEAD_TIMEOUT,
+                                format!("request head not whole after {already_read} bytes"),
+                            )
+                        }
+                    }
+                }
+                None => self.read_request_buf(&mut buf, already_read).await?,
+            } {
                 already_read += n;
             } else {
                 return Ok(None);
@@ -336,6 +404,14 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        // tollgate patch (9): a whole head that arrived in
+                        // one read is held to the limit too.
+                        if let Some(l) = limits.filter(|l| s > l.max_head_bytes) {
+                            return Error::e_explain(
+                                HEAD_TOO_LARGE,
+                                format!("request head larger than {}", l.max_head_bytes),
+                            );
+                        }
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
@@ -896,6 +972,15 @@ impl HttpSession {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
+        }
+        // tollgate patch (9): with client limits, a kept-alive connection
+        // waits for its next request as long as the server says (the
+        // default above is forever, and a client's Keep-Alive header could
+        // ask for any time).
+        if let Some(l) = self.client_limits {
+            if !matches!(self.keepalive_timeout, KeepaliveStatus::Off) {
+                self.set_keepalive(Some(l.idle_timeout_secs.max(1)));
+            }
         }
     }
 
