@@ -4,13 +4,18 @@
 //!
 //! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts] [refuse]`
 //!
-//! `timeouts` sets tollgate's upstream timeouts; `refuse` answers every
+//! `timeouts` sets tollgate's default timeouts and limits on both sides:
+//! the upstream's, and the client limits of vendor patch 9 (a deadline for
+//! a request head, a cap on its size, an idle timeout between requests,
+//! which costs a timer per request wait); `refuse` answers every
 //! request with an empty 429 from `request_filter` (Pingora's own API, one
 //! header): the framework's floor for a response the proxy makes itself.
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
+use pingora::protocols::http::v1::server::ClientLimits;
 use pingora::server::configuration::{Opt, ServerConf};
 
 /// The same allocator as tollgate's binary.
@@ -84,6 +89,15 @@ fn main() {
     );
     // The same listener setting as tollgate's (src/server.rs).
     proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
+    if let (true, Some(logic)) = (timeouts, proxy.app_logic_mut()) {
+        let mut options = HttpServerOptions::default();
+        options.h1_client_limits = Some(ClientLimits {
+            idle_timeout_secs: 60,
+            head_timeout: std::time::Duration::from_secs(10),
+            max_head_bytes: 65_536,
+        });
+        logic.server_options = Some(options);
+    }
     server.add_service(proxy);
     server.run_forever();
 }

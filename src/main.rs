@@ -50,8 +50,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => match Config::load(&cli.config) {
-            Ok(_) => {
+        Some(Command::Check) => match check(&cli.config) {
+            Ok(()) => {
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }
@@ -121,4 +121,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tollgate check`: the file, and the TLS pair it names (the pair is
+/// checked where it is loaded, at start and on reload).
+fn check(path: &std::path::Path) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(t) = &cfg.server.tls {
+        tollgate::proxy::tls::load_pair(&t.cert_file, &t.key_file).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -10,7 +10,9 @@
 #   framework's floor for a response the proxy makes itself.
 # NGINX (the harness's proxy config; limit_req at 1r/m when LIMIT is 1) is
 # counted too, as the reference an operator would otherwise deploy.
-# Set BARE_TIMEOUTS=1 to give the bare proxy tollgate's upstream timeouts.
+# Set BARE_TIMEOUTS=1 to give the bare proxy tollgate's default timeouts and
+# limits: the upstream's, and the client limits (its idle timeout costs a
+# timer for every wait for a next request, as tollgate's does).
 # Set LOGGED=1 to count both with their default per-request logging on:
 # tollgate's access line for each non-2xx, NGINX's error-log line for each
 # limit_req rejection (by default both are off here, as in the harness).

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{Backend, FileConfig, RateLimitConfig, RuleConfig};
-use super::{Config, ErrorSettings, ServerSettings, UpstreamSettings};
+use super::file::{Backend, FileConfig, RateLimitConfig, RuleConfig, TlsConfig};
+use super::{Config, ErrorSettings, ServerSettings, TlsTermination, UpstreamSettings};
 use crate::client::ClientIpResolver;
 use crate::errors::ErrorTable;
 use crate::rate_limit::{
@@ -174,6 +174,10 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
         status_overrides.insert(code, v.clone());
     }
     let upstream = upstream(&file, at)?;
+    let tls = match &file.server.tls {
+        Some(t) => Some(tls(t, at)?),
+        None => None,
+    };
     let ca = &file.upstream.ca_file;
     if !ca.is_empty() && !Path::new(ca).is_file() {
         return Err(at(None, "upstream.ca_file", format!("no such file: {ca}")));
@@ -191,6 +195,7 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             header_timeout: server.header_timeout.0,
             keepalive_timeout: server.keepalive_timeout.0,
             max_header_bytes: server.max_header_bytes,
+            tls,
         },
         upstream,
         client_ip: ClientIpResolver::new(
@@ -211,6 +216,22 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             })
             .collect(),
         log_all_requests: file.log.all_requests,
+    })
+}
+
+/// `[server.tls]`. The files are read where the pair is loaded (at start,
+/// by `tollgate check`, on reload), not here: a config may name files that
+/// exist only where it is deployed.
+fn tls(t: &TlsConfig, at: &At) -> Result<TlsTermination, ConfigError> {
+    if t.watch_interval.0 > Duration::ZERO && t.watch_interval.0 < Duration::from_secs(1) {
+        let message = "must be 0s (off) or at least 1s".into();
+        return Err(at(None, "server.tls.watch_interval", message));
+    }
+    Ok(TlsTermination {
+        listen: t.listen.0.clone(),
+        cert_file: PathBuf::from(&t.cert_file),
+        key_file: PathBuf::from(&t.key_file),
+        watch_interval: (!t.watch_interval.0.is_zero()).then_some(t.watch_interval.0),
     })
 }
 

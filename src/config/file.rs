@@ -116,6 +116,26 @@ pub struct ServerConfig {
     pub keepalive_timeout: HumanDuration,
     /// Largest request head (request line and fields), in bytes.
     pub max_header_bytes: usize,
+    /// `[server.tls]`: terminate TLS on listeners of its own.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: Listen,
+    /// PEM: the leaf certificate, then its chain.
+    pub cert_file: String,
+    /// PEM: the leaf's private key.
+    pub key_file: String,
+    /// How often the two files are checked for a change; "0s": never.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: HumanDuration,
+}
+
+fn default_watch_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 impl Default for ServerConfig {
@@ -131,6 +151,7 @@ impl Default for ServerConfig {
             header_timeout: HumanDuration(Duration::from_secs(10)),
             keepalive_timeout: HumanDuration(Duration::from_secs(60)),
             max_header_bytes: 65_536,
+            tls: None,
         }
     }
 }

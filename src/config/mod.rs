@@ -16,7 +16,7 @@ pub mod file;
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::client::ClientIpResolver;
@@ -64,6 +64,22 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     /// Largest request head; 431 past it.
     pub max_header_bytes: usize,
+    /// `[server.tls]`, when TLS is terminated.
+    pub tls: Option<TlsTermination>,
+}
+
+/// `[server.tls]`: listeners that speak TLS (1.2 and 1.3, HTTP/2 and
+/// HTTP/1.1 by ALPN) with a certificate pair re-read on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTermination {
+    pub listen: Vec<SocketAddr>,
+    /// PEM: the leaf certificate, then its chain.
+    pub cert_file: PathBuf,
+    /// PEM: the leaf's private key.
+    pub key_file: PathBuf,
+    /// How often the files are checked for a change, which reloads the
+    /// config (`None`: only on SIGHUP and `POST /reload`).
+    pub watch_interval: Option<Duration>,
 }
 
 /// `[upstream]`, resolved.

@@ -280,7 +280,7 @@ mod tests {
     fn endpoints() -> Endpoints {
         let path = std::path::Path::new("/nonexistent/tollgate.toml");
         let cfg = Config::parse(path, "[upstream]\naddress = \"127.0.0.1:3000\"\n").unwrap();
-        let live = Live::new(path.to_path_buf(), &cfg, Arc::new(Metrics::new()));
+        let live = Live::new(path.to_path_buf(), &cfg, Arc::new(Metrics::new()), None);
         Endpoints {
             live: Arc::new(live),
             readiness: Arc::new(Readiness::default()),

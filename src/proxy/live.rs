@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use super::runtime::Runtime;
+use super::tls::{load_pair, CertStore};
 use crate::config::{Config, ConfigError, ServerSettings};
 use crate::observe::Metrics;
 
@@ -21,6 +22,8 @@ pub struct Live {
     /// The `[server]` the process was started with.
     boot: ServerSettings,
     metrics: Arc<Metrics>,
+    /// The certificate pair the TLS listeners serve, when there are any.
+    tls: Option<Arc<CertStore>>,
     /// One reload at a time.
     reloading: Mutex<()>,
 }
@@ -35,12 +38,18 @@ pub struct Reloaded {
 }
 
 impl Live {
-    pub fn new(path: PathBuf, cfg: &Config, metrics: Arc<Metrics>) -> Live {
+    pub fn new(
+        path: PathBuf,
+        cfg: &Config,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<CertStore>>,
+    ) -> Live {
         Live {
             path,
             current: ArcSwap::from_pointee(Runtime::new(cfg, metrics.clone())),
             boot: cfg.server.clone(),
             metrics,
+            tls,
             reloading: Mutex::new(()),
         }
     }
@@ -63,14 +72,25 @@ impl Live {
     /// `tollgate_config_reloads_total` and logged either way.
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let result = Config::load(&self.path).map(|cfg| {
+        let result = Config::load(&self.path).and_then(|cfg| {
+            // The pair is read first: a bad one refuses the whole reload.
+            let pair = match (&self.tls, &cfg.server.tls) {
+                (Some(_), Some(t)) => Some(
+                    load_pair(&t.cert_file, &t.key_file)
+                        .map_err(|e| ConfigError::unplaced(&e.file, e.message))?,
+                ),
+                _ => None,
+            };
             let (next, kept_rules) = self.current.load().reconfigured(&cfg);
             self.current.store(Arc::new(next));
+            if let (Some(store), Some(pair)) = (&self.tls, pair) {
+                store.replace(pair);
+            }
             let needs_restart = self.restart_only_changes(&cfg.server);
-            Reloaded {
+            Ok(Reloaded {
                 kept_rules,
                 needs_restart,
-            }
+            })
         });
         let outcome = if result.is_ok() { "success" } else { "error" };
         self.metrics
@@ -120,6 +140,13 @@ impl Live {
         }
         if old.max_header_bytes != new.max_header_bytes {
             changed.push("server.max_header_bytes");
+        }
+        if old.upgrade_sock != new.upgrade_sock {
+            changed.push("server.upgrade_sock");
+        }
+        let tls_listen = |s: &ServerSettings| s.tls.as_ref().map(|t| t.listen.clone());
+        if tls_listen(old) != tls_listen(new) {
+            changed.push("server.tls.listen");
         }
         changed
     }

@@ -18,6 +18,7 @@ mod request;
 mod response;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 mod upstream;
 
 pub use gateway::Gateway;

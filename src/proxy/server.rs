@@ -16,6 +16,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use super::admin::{self, Admin, Readiness};
 use super::gateway::Gateway;
 use super::live::Live;
+use super::tls::{load_pair, CertStore};
 use crate::config::Config;
 use crate::observe::Metrics;
 
@@ -65,6 +66,45 @@ impl BackgroundService for Reloader {
     }
 }
 
+/// Reloads when the TLS certificate or key file changes, so a rotation
+/// that only replaces the files (cert-manager, a Kubernetes secret update)
+/// needs no signal.
+struct CertWatcher {
+    live: Arc<Live>,
+    files: [PathBuf; 2],
+    every: Duration,
+}
+
+/// What a change to a file shows: its modification time and length (a
+/// Kubernetes secret update swaps a symlink; metadata follows it).
+fn fingerprint(files: &[PathBuf; 2]) -> [Option<(std::time::SystemTime, u64)>; 2] {
+    files.each_ref().map(|f| {
+        let m = std::fs::metadata(f).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    })
+}
+
+#[async_trait]
+impl BackgroundService for CertWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut seen = fingerprint(&self.files);
+        let mut tick = tokio::time::interval(self.every);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    let now = fingerprint(&self.files);
+                    if now != seen {
+                        seen = now;
+                        tracing::info!(files = ?self.files, "TLS files changed; reloading");
+                        let _ = admin::reload_off_thread(&self.live).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// How the process was started.
 pub struct Launch {
     pub config_path: PathBuf,
@@ -78,7 +118,15 @@ pub struct Launch {
 pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     let s = &cfg.server;
     let metrics = Arc::new(Metrics::new());
-    let live = Arc::new(Live::new(launch.config_path, &cfg, metrics));
+    // A pair that cannot be served stops the start, naming the file.
+    let tls = match &cfg.server.tls {
+        Some(t) => match load_pair(&t.cert_file, &t.key_file) {
+            Ok(pair) => Some(CertStore::new(pair)),
+            Err(e) => return std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        },
+        None => None,
+    };
+    let live = Arc::new(Live::new(launch.config_path, &cfg, metrics, tls.clone()));
     let readiness = Arc::new(Readiness::default());
     let admin_socket = match admin::bind(s.admin_listen) {
         Ok(s) => s,
@@ -117,6 +165,18 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
             ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0));
         proxy.add_listener(listener);
     }
+    if let (Some(t), Some(store)) = (&s.tls, &tls) {
+        for addr in &t.listen {
+            let settings = match store.listener_settings() {
+                Ok(settings) => settings,
+                Err(e) => return std::io::Error::other(format!("TLS listener {addr}: {e}")),
+            };
+            let listener = ListenerConfig::tcp(addr.to_string())
+                .tls(settings)
+                .l4_buffer(L4BufferSettings::default().read(0));
+            proxy.add_listener(listener);
+        }
+    }
     if let Some(logic) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = s.h2c;
@@ -141,9 +201,20 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
             every: sweep_every,
         },
     ));
+    if let Some(t) = &s.tls {
+        if let Some(every) = t.watch_interval {
+            let watcher = CertWatcher {
+                live: live.clone(),
+                files: [t.cert_file.clone(), t.key_file.clone()],
+                every,
+            };
+            server.add_service(background_service("tollgate TLS watcher", watcher));
+        }
+    }
     server.add_service(background_service("tollgate reloader", Reloader { live }));
     tracing::info!(
         listen = ?s.listen,
+        tls_listen = ?s.tls.as_ref().map(|t| &t.listen),
         admin = %s.admin_listen,
         upstream = %cfg.upstream.addr,
         "tollgate starting"

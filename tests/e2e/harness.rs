@@ -490,3 +490,88 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// A throwaway private CA made with the `openssl` CLI, which issues leaf
+/// certificates for a DNS name (webpki refuses a self-signed CA
+/// certificate used as the server's own).
+pub struct PrivateCa {
+    pub dir: PathBuf,
+}
+
+impl PrivateCa {
+    pub fn new(dir: &std::path::Path) -> PrivateCa {
+        let ca = PrivateCa {
+            dir: dir.to_path_buf(),
+        };
+        ca.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=tollgate test CA",
+        ]);
+        ca
+    }
+
+    /// The CA certificate (PEM), for clients to trust.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issue `NAME.pem` and `NAME.key` for `dns`; returns their paths.
+    pub fn issue(&self, name: &str, dns: &str) -> (PathBuf, PathBuf) {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            self.dir.join(&ext),
+            format!("subjectAltName=DNS:{dns}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .expect("write the extensions");
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subject = format!("/CN={dns}");
+        self.openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+            &subject,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+        (self.dir.join(pem), self.dir.join(key))
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed (.ci/run installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    }
+}

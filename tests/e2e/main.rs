@@ -13,3 +13,4 @@ mod proxy;
 mod rate_limit;
 mod redis;
 mod tls;
+mod tls_termination;

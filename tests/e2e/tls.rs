@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{envelope, free_port, wait_for_port, Gateway, Proc, TempDir};
+use crate::harness::{envelope, free_port, wait_for_port, Gateway, PrivateCa, Proc, TempDir};
 
 struct TlsUpstream {
     port: u16,
@@ -17,70 +17,10 @@ struct TlsUpstream {
 fn start_nginx() -> TlsUpstream {
     let dir = TempDir::new();
     let d = dir.0.display().to_string();
-    // A private CA and a leaf for `upstream.test` signed by it (webpki
-    // refuses a self-signed CA certificate used as the server's own).
-    std::fs::write(
-        dir.0.join("leaf.ext"),
-        "subjectAltName=DNS:upstream.test\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let steps: [&[&str]; 3] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=tollgate test CA",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=upstream.test",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ],
-    ];
-    for args in steps {
-        let status = Command::new("openssl")
-            .args(args)
-            .current_dir(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl is installed (.ci/run installs it)");
-        assert!(status.success(), "openssl {args:?}");
-    }
+    let ca = PrivateCa::new(&dir.0);
+    let (cert, key) = ca.issue("leaf", "upstream.test");
     let port = free_port();
+    let (cert, key) = (cert.display(), key.display());
     let conf = format!(
         r#"daemon off;
 master_process off;
@@ -97,8 +37,8 @@ http {{
   server {{
     listen 127.0.0.1:{port} ssl;
     server_name upstream.test;
-    ssl_certificate {d}/cert.pem;
-    ssl_certificate_key {d}/key.pem;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
     default_type application/json;
     location /err {{ return 404 '{{"message":"missing over tls"}}'; }}
     location / {{ return 200 '{{"tls":true,"sni":"$ssl_server_name"}}'; }}
@@ -123,7 +63,7 @@ http {{
     wait_for_port(port, Duration::from_secs(10));
     TlsUpstream {
         port,
-        ca: format!("{d}/ca.pem"),
+        ca: ca.cert().display().to_string(),
         _proc: Proc { child, log: None },
         _dir: dir,
     }
