@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => match check(&cli.config) {
-            Ok(()) => {
+            Ok(_) => {
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }
@@ -61,7 +61,8 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Reload) => {
-            let admin = match Config::load(&cli.config) {
+            // The same checks as `check` (the TLS pair included) first.
+            let admin = match check(&cli.config) {
                 Ok(cfg) => cfg.server.admin_listen,
                 Err(e) => {
                     eprintln!("{e}");
@@ -125,10 +126,10 @@ fn main() -> ExitCode {
 
 /// `tollgate check`: the file, and the TLS pair it names (the pair is
 /// checked where it is loaded, at start and on reload).
-fn check(path: &std::path::Path) -> Result<(), String> {
+fn check(path: &std::path::Path) -> Result<Config, String> {
     let cfg = Config::load(path).map_err(|e| e.to_string())?;
     if let Some(t) = &cfg.server.tls {
         tollgate::proxy::tls::load_pair(&t.cert_file, &t.key_file).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(cfg)
 }

@@ -289,3 +289,75 @@ fn oversized_and_malformed_heads_get_the_envelope_and_reach_nothing() {
         .count();
     assert_eq!(lines, 9, "one access line each:\n{log}");
 }
+
+/// Debian's slowhttptest in slowloris mode: 300 connections that send a
+/// header line a second and never finish. Each is cut at the head deadline
+/// (the tool reports no open connection left well before its run ends),
+/// and a probe client is served promptly throughout.
+#[test]
+fn slowhttptest_slowloris_is_cut_and_others_are_served() {
+    let up = Upstream::start();
+    let gw = Gateway::start_with(up.port, "header_timeout = \"2s\"", "", "");
+    let dir = crate::harness::TempDir::new();
+    let prefix = dir.0.join("slowloris");
+    let url = format!("http://127.0.0.1:{}/hello", gw.port);
+    let attack = std::process::Command::new("slowhttptest")
+        .args([
+            "-H", "-c", "300", "-r", "150", "-i", "1", "-l", "12", "-p", "2", "-g",
+        ])
+        .args(["-u", &url, "-o"])
+        .arg(&prefix)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("slowhttptest is installed (.ci/run installs it)");
+    let mut attack = crate::harness::Proc {
+        child: attack,
+        log: None,
+    };
+    let mut worst = Duration::ZERO;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let t = std::time::Instant::now();
+        let r = crate::harness::get(gw.port, "/hello").expect("the probe is served");
+        assert_eq!(r.status, 200);
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "a probe waited {worst:?}"
+    );
+    // The tool stops early once the server has closed all its connections.
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || "slowhttptest still running".into(),
+        || attack.child.try_wait().ok().flatten(),
+    );
+    // Its own record, one row a second: Seconds,Closed,Pending,Connected,...
+    let csv = prefix.with_extension("csv");
+    let text = std::fs::read_to_string(&csv).expect("the tool's CSV report");
+    let rows: Vec<Vec<u64>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').filter_map(|v| v.trim().parse().ok()).collect())
+        .filter(|r: &Vec<u64>| r.len() >= 4)
+        .collect();
+    let peak = rows.iter().map(|r| r[3]).max().unwrap_or(0);
+    assert!(peak >= 100, "the attack got connections open: {rows:?}");
+    // The tool ends before its 12 s only when no connection is left open.
+    let ran = started.elapsed();
+    assert!(
+        ran < Duration::from_secs(10),
+        "every slow connection cut: ran {ran:?}, {rows:?}"
+    );
+    let closed = rows.last().map(|r| r[1]).unwrap_or(0);
+    assert!(closed >= 200, "closed by the gateway: {rows:?}");
+    let scraped = gw.scrape();
+    let cut = metric(
+        &scraped,
+        "tollgate_client_errors_total{kind=\"header_timeout\"}",
+    );
+    assert!(cut >= 100.0, "{cut} counted");
+}
