@@ -24,6 +24,10 @@ const MIN_HEADER_BYTES: usize = 1024;
 /// whatever the setting (with its own answer, not the gateway's).
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
+/// Most `server.h2_max_concurrent_streams`: each open stream holds a request
+/// in flight, so this bounds one connection's share of the gateway.
+const MAX_H2_STREAMS: u32 = 1000;
+
 /// Makes an error at a place in the file: a span when serde kept one, else
 /// the key's own line is looked up.
 pub(super) type At<'a> = dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError + 'a;
@@ -42,6 +46,10 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
     if s.keepalive_timeout.0 < Duration::from_secs(1) {
         let message = "must be at least 1s".into();
         return Err(at(None, "server.keepalive_timeout", message));
+    }
+    if !(1..=MAX_H2_STREAMS).contains(&s.h2_max_concurrent_streams) {
+        let message = format!("must be from 1 to {MAX_H2_STREAMS}");
+        return Err(at(None, "server.h2_max_concurrent_streams", message));
     }
     if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&s.max_header_bytes) {
         let message = format!("must be from {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES} bytes");
@@ -195,6 +203,7 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             header_timeout: server.header_timeout.0,
             keepalive_timeout: server.keepalive_timeout.0,
             max_header_bytes: server.max_header_bytes,
+            h2_max_concurrent_streams: server.h2_max_concurrent_streams,
             tls,
         },
         upstream,

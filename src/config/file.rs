@@ -116,6 +116,8 @@ pub struct ServerConfig {
     pub keepalive_timeout: HumanDuration,
     /// Largest request head (request line and fields), in bytes.
     pub max_header_bytes: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
     /// `[server.tls]`: terminate TLS on listeners of its own.
     pub tls: Option<TlsConfig>,
 }
@@ -151,6 +153,7 @@ impl Default for ServerConfig {
             header_timeout: HumanDuration(Duration::from_secs(10)),
             keepalive_timeout: HumanDuration(Duration::from_secs(60)),
             max_header_bytes: 65_536,
+            h2_max_concurrent_streams: 100,
             tls: None,
         }
     }

@@ -62,8 +62,11 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// An idle client connection is closed after this (whole seconds).
     pub keepalive_timeout: Duration,
-    /// Largest request head; 431 past it.
+    /// Largest request head; 431 past it (HTTP/2: the largest header list,
+    /// refused by the h2 layer).
     pub max_header_bytes: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
     /// `[server.tls]`, when TLS is terminated.
     pub tls: Option<TlsTermination>,
 }

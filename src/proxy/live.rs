@@ -141,6 +141,9 @@ impl Live {
         if old.max_header_bytes != new.max_header_bytes {
             changed.push("server.max_header_bytes");
         }
+        if old.h2_max_concurrent_streams != new.h2_max_concurrent_streams {
+            changed.push("server.h2_max_concurrent_streams");
+        }
         if old.upgrade_sock != new.upgrade_sock {
             changed.push("server.upgrade_sock");
         }

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::v1::server::ClientLimits;
+use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -186,6 +187,12 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
             max_head_bytes: s.max_header_bytes,
         });
         logic.server_options = Some(options);
+        // HTTP/2: Pingora's bounded defaults, with the configured stream
+        // limit and the same header budget as HTTP/1.
+        let mut h2 = default_h2_options();
+        h2.max_concurrent_streams(s.h2_max_concurrent_streams);
+        h2.max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+        logic.h2_options = Some(h2);
     }
     let sweep_every = cfg.rate_limit.sweep_interval;
 

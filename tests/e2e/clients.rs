@@ -361,3 +361,35 @@ fn slowhttptest_slowloris_is_cut_and_others_are_served() {
     );
     assert!(cut >= 100.0, "{cut} counted");
 }
+
+/// HTTP/2 (h2c here): the server advertises the configured stream limit
+/// and the same header budget as HTTP/1, as nghttp (nghttp2-client) sees
+/// them in its SETTINGS.
+#[test]
+fn http2_settings_carry_the_stream_and_header_limits() {
+    let up = Upstream::start();
+    let limits = "h2_max_concurrent_streams = 7\nmax_header_bytes = 4096";
+    let gw = Gateway::start_with(up.port, limits, "", "");
+    let out = std::process::Command::new("nghttp")
+        .args(["-nv", &format!("http://127.0.0.1:{}/hello", gw.port)])
+        .output()
+        .expect("nghttp is installed (.ci/run installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received = text
+        .split("recv SETTINGS frame")
+        .nth(1)
+        .expect("the server's SETTINGS");
+    let received = received
+        .split("send SETTINGS frame")
+        .next()
+        .unwrap_or(received);
+    assert!(
+        received.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7"),
+        "{text}"
+    );
+    assert!(
+        received.contains("SETTINGS_MAX_HEADER_LIST_SIZE(0x06):4096"),
+        "{text}"
+    );
+    assert!(text.contains(":status: 200"), "{text}");
+}
