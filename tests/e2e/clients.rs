@@ -393,3 +393,53 @@ fn http2_settings_carry_the_stream_and_header_limits() {
     );
     assert!(text.contains(":status: 200"), "{text}");
 }
+
+/// An HTTP/2 rapid-reset flood (CVE-2023-44487): a client opens streams
+/// and cancels each at once, as fast as it can. The h2 layer ends that
+/// connection (GOAWAY) long before the flood is spent, and another client
+/// is served meanwhile.
+#[test]
+fn an_http2_rapid_reset_flood_ends_its_own_connection() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let port = gw.port;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sent, ended) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let mut sent = 0u32;
+        for _ in 0..100_000 {
+            client = match client.ready().await {
+                Ok(client) => client,
+                Err(_) => break,
+            };
+            let request = http::Request::get(format!("http://127.0.0.1:{port}/slow?ms=2000"))
+                .body(())
+                .unwrap();
+            match client.send_request(request, true) {
+                // Dropping the response cancels the stream (RST_STREAM).
+                Ok((response, _)) => drop(response),
+                Err(_) => break,
+            }
+            sent += 1;
+            tokio::task::yield_now().await;
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+        (sent, ended.is_ok())
+    });
+    assert!(ended, "the flooding connection was ended");
+    assert!(
+        sent < 100_000,
+        "ended before the flood was spent ({sent} streams)"
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(gw.connect().request("GET", "/hello").status, 200);
+    assert!(t.elapsed() < Duration::from_millis(500));
+    eprintln!("rapid reset: connection ended after {sent} streams");
+}
