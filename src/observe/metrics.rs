@@ -310,6 +310,15 @@ impl Metrics {
         self.client_errors.with_label_values(&[kind.as_str()]).inc();
     }
 
+    /// Bring a kind counted elsewhere (by Pingora) up to its `total`.
+    pub fn client_errors_total(&self, kind: ClientErrorKind, total: u64) {
+        let counter = self.client_errors.with_label_values(&[kind.as_str()]);
+        let now = counter.get();
+        if total > now {
+            counter.inc_by(total - now);
+        }
+    }
+
     pub fn normalized(&self, source: Source, status: u16) {
         self.errors_normalized
             .with_label_values(&[source.as_str(), &status.to_string()])

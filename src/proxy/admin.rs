@@ -20,9 +20,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::live::{Live, Reloaded};
+use super::patched;
 use crate::client::RequestId;
 use crate::config::ConfigError;
 use crate::http1::{full, read_request};
+use crate::observe::ClientErrorKind;
 
 /// An admin connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(30);
@@ -129,6 +131,9 @@ impl Endpoints {
             ("GET", "/metrics") => {
                 let rt = self.live.runtime();
                 rt.export_limiter_state();
+                let handshakes = patched::tls_handshake_failures();
+                rt.metrics
+                    .client_errors_total(ClientErrorKind::TlsHandshake, handshakes);
                 AdminAnswer {
                     status: 200,
                     content_type: "text/plain; version=0.0.4",

@@ -6,6 +6,7 @@
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::services::listening::DOWNSTREAM_HANDSHAKE_FAILURES;
 use pingora::Result;
 
 /// Write a whole response whose header fields are already serialized
@@ -21,6 +22,12 @@ pub async fn write_prepared_response(
     body: &[u8],
 ) -> Result<bool> {
     session.write_prepared_response(status, fields, body).await
+}
+
+/// Failed or timed-out TLS handshakes with clients since the start. Patch
+/// 10: Pingora logs each and tells the application nothing.
+pub fn tls_handshake_failures() -> u64 {
+    DOWNSTREAM_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Make room for `n` more headers in a request bound upstream, in both

@@ -295,3 +295,26 @@ fn files_replaced_in_place_are_picked_up_without_a_signal() {
     );
     assert!(t.gw.log().contains("TLS files changed"));
 }
+
+#[test]
+fn failed_handshakes_are_counted() {
+    let t = start();
+    // Plain HTTP on the TLS port, and a TLS client that gives up midway.
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.1", t.tls_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    let series = "tollgate_client_errors_total{kind=\"tls_handshake\"}";
+    eventually(
+        Duration::from_secs(5),
+        POLL,
+        || format!("not counted:\n{}", t.gw.scrape()),
+        || (metric(&t.gw.scrape(), series) == 3.0).then_some(()),
+    );
+    // Good handshakes are not.
+    assert_eq!(get(&mut connect(&t), "/hello").0, 200);
+    assert_eq!(metric(&t.gw.scrape(), series), 3.0);
+}

@@ -32,6 +32,11 @@ use crate::server::{RuntimeOpts, ShutdownWatch};
 use crate::services::Service as ServiceTrait;
 
 use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// tollgate patch (vendor/PATCHES.md, 10): downstream (TLS) handshakes that
+/// failed or timed out, in this process, for an application's metrics.
+pub static DOWNSTREAM_HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 use log::{debug, error, info};
 use pingora_error::Result;
 use pingora_runtime::current_handle;
@@ -236,6 +241,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
+                                        // tollgate patch (vendor/PATCHES.md, 10)
+                                        DOWNSTREAM_HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {
                                             error!("Downstream handshake error from {}: {e}", addr);
@@ -246,6 +253,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 }
                             }
                             Err(_) => {
+                                // tollgate patch (vendor/PATCHES.md, 10)
+                                DOWNSTREAM_HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
                                 error!("Downstream handshake timeout");
                             }
                         }
