@@ -134,6 +134,9 @@ impl Endpoints {
                 let handshakes = patched::tls_handshake_failures();
                 rt.metrics
                     .client_errors_total(ClientErrorKind::TlsHandshake, handshakes);
+                let h2_abuse = patched::h2_abuse_ended();
+                rt.metrics
+                    .client_errors_total(ClientErrorKind::H2Abuse, h2_abuse);
                 AdminAnswer {
                     status: 200,
                     content_type: "text/plain; version=0.0.4",

@@ -5,6 +5,7 @@
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
+use pingora::protocols::http::v2::server::DOWNSTREAM_H2_ABUSE;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::DOWNSTREAM_HANDSHAKE_FAILURES;
 use pingora::Result;
@@ -28,6 +29,12 @@ pub async fn write_prepared_response(
 /// 10: Pingora logs each and tells the application nothing.
 pub fn tls_handshake_failures() -> u64 {
     DOWNSTREAM_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// HTTP/2 client connections ended with a GOAWAY for a protocol violation
+/// since the start. Patch 10, as for the handshakes.
+pub fn h2_abuse_ended() -> u64 {
+    DOWNSTREAM_H2_ABUSE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Make room for `n` more headers in a request bound upstream, in both

@@ -438,6 +438,8 @@ fn an_http2_rapid_reset_flood_ends_its_own_connection() {
         sent < 100_000,
         "ended before the flood was spent ({sent} streams)"
     );
+    let series = "tollgate_client_errors_total{kind=\"h2_abuse\"}";
+    assert_eq!(metric(&gw.scrape(), series), 1.0, "counted once");
     let t = std::time::Instant::now();
     assert_eq!(gw.connect().request("GET", "/hello").status, 200);
     assert!(t.elapsed() < Duration::from_millis(500));

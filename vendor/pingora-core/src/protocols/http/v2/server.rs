@@ -130,6 +130,12 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
+/// tollgate patch (vendor/PATCHES.md, 10): downstream HTTP/2 connections
+/// this process ended with a GOAWAY for a protocol violation (a reset or
+/// CONTINUATION flood, a malformed frame), for an application's metrics.
+pub static DOWNSTREAM_H2_ABUSE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 pub(crate) async fn accept_downstream_sessions<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
@@ -184,6 +190,14 @@ pub(crate) async fn accept_downstream_sessions<F>(
                 // It is common for the client to just disconnect TCP without
                 // properly closing H2. So we don't log the errors here
                 debug!("H2 error when accepting new stream {e}");
+                // tollgate patch (vendor/PATCHES.md, 10): count connections
+                // this side ended with a GOAWAY for a protocol violation.
+                let abuse = e.root_cause().downcast_ref::<h2::Error>().is_some_and(|h| {
+                    h.is_go_away() && !h.is_remote() && h.reason() != Some(h2::Reason::NO_ERROR)
+                });
+                if abuse {
+                    DOWNSTREAM_H2_ABUSE.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
             // None means the connection is ready to be closed
