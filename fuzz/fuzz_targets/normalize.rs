@@ -7,8 +7,21 @@ use tollgate::errors::{normalize, ErrorTable, UpstreamError};
 
 fuzz_target!(|input: (u16, u8, u8, bool, &[u8])| {
     let (status, ctype, encoding, truncated, body) = input;
-    let ctypes = [None, Some("application/json"), Some("application/problem+json"), Some("text/html"), Some("text/plain")];
-    let encodings = [None, Some("gzip"), Some("deflate"), Some("br"), Some("gzip, br"), Some("identity")];
+    let ctypes = [
+        None,
+        Some("application/json"),
+        Some("application/problem+json"),
+        Some("text/html"),
+        Some("text/plain"),
+    ];
+    let encodings = [
+        None,
+        Some("gzip"),
+        Some("deflate"),
+        Some("br"),
+        Some("gzip, br"),
+        Some("identity"),
+    ];
     let err = UpstreamError {
         status: 400 + status % 200,
         content_type: ctypes[usize::from(ctype) % ctypes.len()],

@@ -23,7 +23,13 @@ fuzz_target!(|input: (&[u8], &[u8], &[u8], u16, &str)| {
     let value = http::HeaderValue::from_bytes(request_id).ok();
     let id = RequestId::reuse_or_generate(value.as_ref());
     let mut out = Vec::new();
-    ErrorTable::default().write_gateway_error(&mut out, 400 + status % 200, message, id.as_str(), None);
+    ErrorTable::default().write_gateway_error(
+        &mut out,
+        400 + status % 200,
+        message,
+        id.as_str(),
+        None,
+    );
     let json: serde_json::Value = serde_json::from_slice(&out).expect("the envelope is JSON");
     assert_eq!(json["error"]["request_id"], id.as_str());
 });
