@@ -445,3 +445,65 @@ fn an_http2_rapid_reset_flood_ends_its_own_connection() {
     assert!(t.elapsed() < Duration::from_millis(500));
     eprintln!("rapid reset: connection ended after {sent} streams");
 }
+
+/// An HTTP/2 CONTINUATION flood (CVE-2024-27316): one request whose header
+/// block never ends, sent as raw frames (HEADERS without END_HEADERS, then
+/// CONTINUATION after CONTINUATION of valid HPACK fields). The h2 layer
+/// ends the connection long before 8 MB of header block, and another
+/// client is served meanwhile.
+#[test]
+fn an_http2_continuation_flood_ends_its_own_connection() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    // HPACK: the request's pseudo-headers, indexed (":method: GET",
+    // ":scheme: http", ":path: /"), then ":authority: x" as a literal.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    // A literal field without indexing with a new name, ~1 KB each.
+    let field = |i: u32| {
+        let name = format!("x-flood-{i}");
+        let mut f = vec![0x00, name.len() as u8];
+        f.extend_from_slice(name.as_bytes());
+        f.extend_from_slice(&[0x7f, 0x81, 0x07]); // value length 1,000 (7-bit prefix)
+        f.extend_from_slice(&[b'a'; 1000]);
+        f
+    };
+    block.extend(field(0));
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&frame(0x4, 0, 0, &[])).unwrap(); // SETTINGS
+    s.write_all(&frame(0x1, 0x1, 1, &block)).unwrap(); // HEADERS, END_STREAM only
+    let mut sent = 0usize;
+    let mut ended = false;
+    for i in 1..8_000u32 {
+        let continuation = frame(0x9, 0, 1, &field(i));
+        if s.write_all(&continuation).is_err() {
+            ended = true;
+            break;
+        }
+        sent += continuation.len();
+    }
+    if !ended {
+        // The writes may all fit in socket buffers: the server's answer
+        // (GOAWAY, then close) is what ends it.
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut rest = Vec::new();
+        ended = s.read_to_end(&mut rest).is_ok() || !rest.is_empty();
+    }
+    assert!(ended, "the connection was ended");
+    assert!(
+        sent < 8_000_000,
+        "before 8 MB of header block ({sent} bytes)"
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(gw.connect().request("GET", "/hello").status, 200);
+    assert!(t.elapsed() < Duration::from_millis(500));
+    eprintln!("continuation flood: ended after {sent} bytes of CONTINUATION");
+}
