@@ -6,15 +6,16 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{envelope, Gateway, Upstream};
 
-struct Expect {
-    dialect: &'static str,
-    status: u16,
-    kind: &'static str,
-    code: &'static str,
-    message: &'static str,
+pub(crate) struct Expect {
+    pub dialect: &'static str,
+    pub status: u16,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: &'static str,
 }
 
-const CASES: &[Expect] = &[
+/// Every dialect of the demo upstream and the envelope it must become.
+pub(crate) const CASES: &[Expect] = &[
     Expect {
         dialect: "canonical",
         status: 402,

@@ -150,13 +150,36 @@ fn http2_and_http1_by_alpn_with_the_products_behaviour_over_tls() {
         &url("/hello"),
     ]);
     assert_eq!(out, "1.1");
-    // A normalized error, with its request id, over HTTP/2.
-    let out = curl(&["-D", "-", &url("/errors/validation")]);
-    assert!(out.starts_with("HTTP/2 422"), "{out}");
+    // Every upstream dialect becomes the same envelope as over plain HTTP,
+    // with its request id, over HTTP/2.
+    for case in crate::errors::CASES {
+        let path = format!("/errors/{}", case.dialect);
+        let args = ["-D", "-", "-H", "accept-encoding: gzip, br", &url(&path)];
+        let out = curl(&args);
+        let status = format!("HTTP/2 {}", case.status);
+        assert!(out.starts_with(&status), "{}: {out}", case.dialect);
+        assert!(
+            out.contains("x-request-id: req_"),
+            "{}: {out}",
+            case.dialect
+        );
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let e = &v["error"];
+        assert_eq!(e["type"], case.kind, "{}: {out}", case.dialect);
+        assert_eq!(e["code"], case.code, "{}", case.dialect);
+        assert_eq!(e["message"], case.message, "{}", case.dialect);
+    }
+    // A 200 that no rule counts carries its request id and no rate-limit
+    // headers.
+    let out = curl(&["-D", "-", "-o", "/dev/null", &url("/v1/other")]);
     assert!(out.contains("x-request-id: req_"), "{out}");
-    assert!(out.contains("\"code\":\"invalid_request\""), "{out}");
+    assert!(!out.contains("x-ratelimit"), "{out}");
     // The limiter: one request, then a 429 with Retry-After.
-    assert!(curl(&["-D", "-", &url("/v1/auth/login")]).starts_with("HTTP/2 200"));
+    let out = curl(&["-D", "-", &url("/v1/auth/login")]);
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert!(out.contains("x-ratelimit-limit: 1\r\n"), "{out}");
+    assert!(out.contains("x-ratelimit-remaining: 0\r\n"), "{out}");
     let out = curl(&["-D", "-", &url("/v1/auth/login")]);
     assert!(out.starts_with("HTTP/2 429"), "{out}");
     assert!(out.contains("retry-after: "), "{out}");
