@@ -100,6 +100,28 @@ impl ClientIpResolver {
     }
 }
 
+/// Client networks that no rate-limit rule applies to
+/// (`rate_limit.exempt`), matched against the resolved client address, so a
+/// client cannot claim an exempt address through `X-Forwarded-For` unless
+/// a trusted proxy put it there. IPv4-mapped IPv6 addresses match their
+/// IPv4 networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exemptions(Vec<IpNet>);
+
+impl Exemptions {
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        Exemptions(networks)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// An address as text in `buf` (45 bytes hold any IPv6 form), IPv4
 /// written without `core::fmt`, which costs several times as much per
 /// address (this runs for every proxied request's `X-Forwarded-For`).
@@ -160,6 +182,24 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn exemptions_match_v4_v6_and_mapped_addresses() {
+        let nets = ["10.0.0.0/8", "2001:db8::/32"]
+            .iter()
+            .map(|n| n.parse().unwrap());
+        let exempt = Exemptions::new(nets.collect());
+        assert!(exempt.contains(ip("10.1.2.3")));
+        assert!(exempt.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped");
+        assert!(exempt.contains(ip("2001:db8::1")));
+        assert!(!exempt.contains(ip("11.0.0.1")));
+        assert!(!exempt.contains(ip("2001:db9::1")));
+        assert!(!exempt.contains(ip("::ffff:11.0.0.1")));
+        assert!(
+            !Exemptions::default().contains(ip("10.1.2.3")),
+            "none by default"
+        );
     }
 
     fn resolver(trusted: &[&str]) -> ClientIpResolver {

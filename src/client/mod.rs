@@ -4,5 +4,5 @@
 pub mod ip;
 pub mod request_id;
 
-pub use ip::{ip_text, ClientIpResolver, ClientKey};
+pub use ip::{ip_text, ClientIpResolver, ClientKey, Exemptions};
 pub use request_id::RequestId;

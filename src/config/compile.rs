@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::error::ConfigError;
 use super::file::{Backend, FileConfig, RateLimitConfig, RuleConfig, TlsConfig};
 use super::{Config, ErrorSettings, ServerSettings, TlsTermination, UpstreamSettings};
-use crate::client::ClientIpResolver;
+use crate::client::{ClientIpResolver, Exemptions};
 use crate::errors::ErrorTable;
 use crate::rate_limit::{
     LimiterSettings, RateLimitSettings, RedisTarget, RuleSet, RuleSpec, SharedBackend, MAX_REFILL,
@@ -283,6 +283,7 @@ fn rate_limit(rl: &RateLimitConfig) -> RateLimitSettings {
             shared,
         },
         headers: rl.headers,
+        exempt: Exemptions::new(rl.exempt.clone()),
         // A sweep walks every table: not more often than ten times a second.
         sweep_interval: rl.sweep_interval.0.max(Duration::from_millis(100)),
     }

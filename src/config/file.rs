@@ -222,6 +222,8 @@ pub struct RateLimitConfig {
     pub headers: HeaderStyle,
     /// How often idle keys are swept from the local tables.
     pub sweep_interval: HumanDuration,
+    /// Client addresses (after trusted-proxy resolution) no rule limits.
+    pub exempt: Vec<IpNet>,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -235,6 +237,7 @@ impl Default for RateLimitConfig {
             redis_cluster_nodes: Vec::new(),
             max_keys: 1_000_000,
             headers: HeaderStyle::XRatelimit,
+            exempt: Vec::new(),
             sweep_interval: HumanDuration(Duration::from_secs(10)),
             rules: Vec::new(),
         }

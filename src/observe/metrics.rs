@@ -126,6 +126,8 @@ pub struct Metrics {
     client_errors: IntCounterVec,
     /// `POST /reload` from a peer that is not loopback.
     pub admin_refused: IntCounter,
+    /// Requests from a client in `rate_limit.exempt`.
+    pub rate_limit_exempt: IntCounter,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
 }
@@ -229,6 +231,13 @@ impl Metrics {
         .expect("valid metric");
         reg.register(Box::new(admin_refused.clone()))
             .expect("unique metric");
+        let rate_limit_exempt = IntCounter::new(
+            "tollgate_rate_limit_exempt_total",
+            "Requests from clients in rate_limit.exempt, which no rule limits.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(rate_limit_exempt.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "tollgate_build_info",
@@ -276,6 +285,7 @@ impl Metrics {
             config_reloads,
             client_errors,
             admin_refused,
+            rate_limit_exempt,
             request_duration,
             upstream_duration,
         }

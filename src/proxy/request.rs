@@ -34,7 +34,15 @@ pub fn identify(session: &Session, ctx: &mut Ctx) {
     });
     // The client's buckets load while the rest of this runs; with many
     // clients they are in DRAM, not the cache (bucket_table::Prefetcher).
-    ctx.client_key = ctx.client_ip.map(|ip| rt.client_ip.key(ip));
+    // An exempt client has no key: no rule counts it, no header is added.
+    let exempt = ctx.client_ip.filter(|&ip| rt.exempt.contains(ip));
+    if exempt.is_some() {
+        rt.metrics.rate_limit_exempt.inc();
+    }
+    ctx.client_key = ctx
+        .client_ip
+        .filter(|_| exempt.is_none())
+        .map(|ip| rt.client_ip.key(ip));
     if let Some(key) = &ctx.client_key {
         rt.limiter
             .prefetch(req.method.as_str(), req.uri.path(), key);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::client::ClientIpResolver;
+use crate::client::{ClientIpResolver, Exemptions};
 use crate::config::{Config, UpstreamSettings};
 use crate::errors::ErrorTable;
 use crate::observe::{Metrics, RouteMetrics};
@@ -14,6 +14,8 @@ use crate::routes::RouteTable;
 pub struct Runtime {
     pub upstream: UpstreamSettings,
     pub client_ip: ClientIpResolver,
+    /// Clients no rule limits (`rate_limit.exempt`).
+    pub exempt: Exemptions,
     pub limiter: Limiter,
     /// 429s per rule, in rule order.
     pub rate_limited: Vec<prometheus::IntCounter>,
@@ -58,6 +60,7 @@ impl Runtime {
         Runtime {
             upstream: cfg.upstream.clone(),
             client_ip: cfg.client_ip.clone(),
+            exempt: cfg.rate_limit.exempt.clone(),
             rate_limited,
             rate_limit_headers: Renderer::new(cfg.rate_limit.headers, limiter.rules()),
             limiter,

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::ClientKey;
+use crate::client::{ClientKey, Exemptions};
 use crate::routes::RequestMatcher;
 
 pub use headers::HeaderStyle;
@@ -232,6 +232,8 @@ pub struct LimiterSettings {
 pub struct RateLimitSettings {
     pub limiter: LimiterSettings,
     pub headers: HeaderStyle,
+    /// Clients no rule limits.
+    pub exempt: Exemptions,
     /// How often idle keys are swept from the local tables.
     pub sweep_interval: Duration,
 }

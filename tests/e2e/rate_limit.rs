@@ -217,3 +217,50 @@ fn a_flood_of_distinct_clients_never_grows_the_table_past_max_keys() {
         .unwrap();
     assert_eq!(r.header("x-ratelimit-remaining"), Some("749"));
 }
+
+#[test]
+fn exempt_clients_are_never_limited_and_cannot_be_spoofed() {
+    let up = Upstream::start();
+    let exempt = "[rate_limit]\nexempt = [\"203.0.113.0/24\", \"2001:db8::/32\"]\n\n";
+    let gw = Gateway::start(up.port, "", &format!("{exempt}{RULES}"));
+    let mut c = gw.connect();
+    // Behind the trusted proxy (loopback), exempt addresses pass every time
+    // with no rate-limit header; the default rule's burst is 3.
+    for client in ["203.0.113.7", "2001:db8::5", "::ffff:203.0.113.9"] {
+        for _ in 0..10 {
+            let r = c
+                .send("GET", "/hello", &[("x-forwarded-for", client)], b"")
+                .unwrap();
+            assert_eq!(r.status, 200, "{client}");
+            assert!(
+                r.header("x-ratelimit-limit").is_none(),
+                "{client}: no headers"
+            );
+        }
+    }
+    // Others are limited as always.
+    let other = [("x-forwarded-for", "198.51.100.9")];
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| c.send("GET", "/hello", &other, b"").unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let scraped = gw.scrape();
+    assert_eq!(
+        crate::harness::metric(&scraped, "tollgate_rate_limit_exempt_total"),
+        30.0
+    );
+
+    // With no trusted proxy, X-Forwarded-For is ignored: claiming an exempt
+    // address does not make the (loopback) client exempt.
+    let gw = Gateway::start(up.port, "", &format!("{exempt}[[rate_limit.rules]]\nname = \"default\"\nlimit = 5\nperiod = \"1m\"\nburst = 3\n"));
+    let mut c = gw.connect();
+    let spoof = [("x-forwarded-for", "203.0.113.7")];
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| c.send("GET", "/hello", &spoof, b"").unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(
+        crate::harness::metric(&gw.scrape(), "tollgate_rate_limit_exempt_total"),
+        0.0
+    );
+}
