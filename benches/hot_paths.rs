@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tollgate::client::{ClientIpResolver, ClientKey};
 use tollgate::errors::{normalize, ErrorTable, UpstreamError};
 use tollgate::rate_limit::headers::{self as rate_limit_headers, HeaderStyle};
-use tollgate::rate_limit::{LocalLimiter, RuleSpec};
+use tollgate::rate_limit::{LocalLimiter, RuleMode, RuleSpec};
 use tollgate::routes::RequestMatcher;
 
 /// Counts allocations so each case can report allocations per call.
@@ -143,6 +143,7 @@ fn limiter_with(keys: u32, v6: bool) -> LocalLimiter {
         limit: 1_000_000_000,
         period: Duration::from_secs(1),
         burst: 1_000_000_000,
+        mode: RuleMode::Enforce,
     };
     let lim = LocalLimiter::new(vec![rule], 2_000_000);
     for i in 0..keys {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tollgate::client::ClientKey;
 use tollgate::rate_limit::{
-    Limiter, LimiterSettings, OnBackendError, Outcome, Pending, RedisTarget, RuleSpec,
+    Limiter, LimiterSettings, OnBackendError, Outcome, Pending, RedisTarget, RuleMode, RuleSpec,
     SharedBackend,
 };
 use tollgate::routes::RequestMatcher;
@@ -25,6 +25,7 @@ fn rules() -> Vec<RuleSpec> {
         limit: 1_000_000_000,
         period: Duration::from_secs(1),
         burst: 1_000_000_000,
+        mode: RuleMode::Enforce,
     }]
 }
 

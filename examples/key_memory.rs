@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use tollgate::client::ClientIpResolver;
-use tollgate::rate_limit::{LocalLimiter, RuleSpec};
+use tollgate::rate_limit::{LocalLimiter, RuleMode, RuleSpec};
 use tollgate::routes::RequestMatcher;
 
 fn rss_bytes() -> u64 {
@@ -43,6 +43,7 @@ fn main() {
         limit: 100,
         period: Duration::from_secs(60),
         burst: 100,
+        mode: RuleMode::Enforce,
     };
     let resolver = ClientIpResolver::new(vec![], 64);
     let limiter = LocalLimiter::new(vec![rule], max_keys);

@@ -255,6 +255,7 @@ fn rule_spec(r: &RuleConfig) -> RuleSpec {
             .burst
             .as_ref()
             .map_or(*r.limit.get_ref(), |b| *b.get_ref()),
+        mode: r.mode,
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::errors::StatusOverride;
-use crate::rate_limit::{HeaderStyle, OnBackendError};
+use crate::rate_limit::{HeaderStyle, OnBackendError, RuleMode};
 
 /// A duration written with a unit: `"500ms"`, `"1s"`, `"1m"`, `"1h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +255,8 @@ pub struct RuleConfig {
     pub limit: Spanned<u32>,
     pub period: HumanDuration,
     pub burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub mode: RuleMode,
 }
 
 fn root_prefix() -> String {

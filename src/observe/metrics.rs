@@ -117,6 +117,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     rate_limited: IntCounterVec,
+    rate_limit_shadowed: IntCounterVec,
     errors_normalized: IntCounterVec,
     upstream_failures: IntCounterVec,
     rate_limit_keys: IntGaugeVec,
@@ -176,6 +177,12 @@ impl Metrics {
             &reg,
             "tollgate_rate_limited_total",
             "Requests refused with 429, by the rule that refused them.",
+            &["rule"],
+        );
+        let rate_limit_shadowed = counter(
+            &reg,
+            "tollgate_rate_limit_shadowed_total",
+            "Requests a shadow rule would have refused (mode = \"shadow\"), by rule; they went on.",
             &["rule"],
         );
         let errors_normalized = counter(
@@ -277,6 +284,7 @@ impl Metrics {
             registry: reg,
             requests,
             rate_limited,
+            rate_limit_shadowed,
             errors_normalized,
             upstream_failures,
             rate_limit_keys,
@@ -308,6 +316,11 @@ impl Metrics {
         self.rate_limit_keys.with_label_values(&[rule]);
         self.rate_limit_overflow.with_label_values(&[rule]);
         self.rate_limited.with_label_values(&[rule])
+    }
+
+    /// The shadow-denial counter of a rule (at zero from its first load).
+    pub fn shadowed_counter(&self, rule: &str) -> IntCounter {
+        self.rate_limit_shadowed.with_label_values(&[rule])
     }
 
     pub fn failure(&self, kind: FailureKind) {

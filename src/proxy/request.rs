@@ -134,6 +134,11 @@ pub fn refusal(ctx: &mut Ctx, outcome: Outcome) -> Option<GatewayAnswer> {
         Outcome::Decided(d) => d,
         Outcome::Unavailable => return Some(GatewayAnswer::limiter_unavailable()),
     };
+    for rule in ctx.decision.shadowed.iter() {
+        if let Some(c) = ctx.rt.shadowed.get(rule) {
+            c.inc();
+        }
+    }
     let denial = ctx.decision.denied?;
     if let Some(c) = ctx.rt.rate_limited.get(denial.state.rule) {
         c.inc();

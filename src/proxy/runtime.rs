@@ -19,6 +19,8 @@ pub struct Runtime {
     pub limiter: Limiter,
     /// 429s per rule, in rule order.
     pub rate_limited: Vec<prometheus::IntCounter>,
+    /// Shadow denials per rule, in rule order.
+    pub shadowed: Vec<prometheus::IntCounter>,
     pub rate_limit_headers: Renderer,
     pub errors: ErrorTable,
     pub max_error_body: usize,
@@ -57,11 +59,17 @@ impl Runtime {
             .iter()
             .map(|r| metrics.rate_limited_counter(&r.name))
             .collect();
+        let shadowed = limiter
+            .rules()
+            .iter()
+            .map(|r| metrics.shadowed_counter(&r.name))
+            .collect();
         Runtime {
             upstream: cfg.upstream.clone(),
             client_ip: cfg.client_ip.clone(),
             exempt: cfg.rate_limit.exempt.clone(),
             rate_limited,
+            shadowed,
             rate_limit_headers: Renderer::new(cfg.rate_limit.headers, limiter.rules()),
             limiter,
             errors: cfg.errors.table.clone(),

@@ -203,7 +203,7 @@ fn push_text(out: &mut impl FnMut(HeaderName, HeaderValue), name: &HeaderName, t
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rate_limit::{Denial, RuleState};
+    use crate::rate_limit::{Denial, RuleMode, RuleSet, RuleState};
     use crate::routes::RequestMatcher;
     use std::time::Duration;
 
@@ -224,6 +224,7 @@ mod tests {
             limit,
             period: Duration::from_secs(secs),
             burst: limit,
+            mode: RuleMode::Enforce,
         };
         vec![r("default", 100, 1), r("auth", 20, 60)]
     }
@@ -242,6 +243,7 @@ mod tests {
             }),
             tightest: Some(state),
             matched: [0, 1].into_iter().collect(),
+            shadowed: RuleSet::default(),
         }
     }
 

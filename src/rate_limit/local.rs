@@ -28,7 +28,7 @@ use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::{NotUntil, Quota};
 
 use super::bucket_table::{BucketTable, Prefetcher};
-use super::{Decision, Denial, RuleSpec, RuleState};
+use super::{Decision, Denial, RuleMode, RuleSpec, RuleState};
 use crate::client::ClientKey;
 
 /// governor's quota for a rule.
@@ -162,6 +162,13 @@ impl<C: Clock + Clone> LocalLimiter<C> {
             if !rule.spec.matches(method, path) {
                 continue;
             }
+            if rule.spec.mode == RuleMode::Shadow {
+                // Decided as if enforced; only a denial is noted.
+                if rule.buckets.check_key(key).is_err() {
+                    decision.shadowed.insert(i);
+                }
+                continue;
+            }
             decision.matched.insert(i);
             match rule.buckets.check_key(key) {
                 Ok(snapshot) => decision.allow(self.allowed_state(i, rule, &snapshot)),
@@ -246,6 +253,7 @@ mod tests {
             limit,
             period: Duration::from_millis(period_ms),
             burst,
+            mode: RuleMode::Enforce,
         }
     }
 
@@ -441,6 +449,33 @@ mod tests {
         let (fresh, kept) = next.reconfigure(next.rules().cloned().collect(), 50);
         assert!(kept.is_empty(), "a new max_keys starts every table fresh");
         assert!(fresh.check("GET", "/x", &A).denied.is_none());
+    }
+
+    /// A shadow rule's bucket drains and refills exactly as the same rule
+    /// enforced, but it refuses nothing and shows in no header.
+    #[test]
+    fn a_shadow_rule_decides_as_if_enforced() {
+        let clock = FakeRelativeClock::default();
+        let enforced = rule("r", "/", &[], 1, 1000, 2);
+        let shadow = RuleSpec {
+            mode: RuleMode::Shadow,
+            ..enforced.clone()
+        };
+        let e = LocalLimiter::with_clock(vec![enforced], 10, clock.clone());
+        let s = LocalLimiter::with_clock(vec![shadow], 10, clock.clone());
+        for step in 0..12 {
+            if step % 4 == 3 {
+                clock.advance(Duration::from_millis(700));
+            }
+            let would = e.check("GET", "/", &A);
+            let did = s.check("GET", "/", &A);
+            assert_eq!(
+                would.denied.is_some(),
+                !did.shadowed.is_empty(),
+                "step {step}"
+            );
+            assert!(did.denied.is_none() && did.tightest.is_none() && did.matched.is_empty());
+        }
     }
 
     #[test]

@@ -50,6 +50,21 @@ pub struct RuleSpec {
     pub period: Duration,
     /// Requests a client may make at once from a full bucket.
     pub burst: u32,
+    /// Whether a denial refuses the request or is only counted.
+    pub mode: RuleMode,
+}
+
+/// `mode` of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    /// A denial refuses the request with 429.
+    #[default]
+    Enforce,
+    /// The rule decides exactly as when enforced (its bucket fills and
+    /// drains the same way), but a denial is only counted: the request goes
+    /// on, and the rule adds nothing to the client's headers.
+    Shadow,
 }
 
 impl RuleSpec {
@@ -163,8 +178,10 @@ pub struct Decision {
     pub denied: Option<Denial>,
     /// The rule with the least remaining capacity, for the headers.
     pub tightest: Option<RuleState>,
-    /// Every rule that matched, for `RateLimit-Policy`.
+    /// Every enforced rule that matched, for `RateLimit-Policy`.
     pub matched: RuleSet,
+    /// Shadow rules that would have refused the request.
+    pub shadowed: RuleSet,
 }
 
 impl Decision {
@@ -262,6 +279,13 @@ impl Pending<'_> {
             Pending::Shared(future) => future.await,
         }
     }
+}
+
+/// The enforced rules among `set`.
+fn enforced(rules: &[RuleSpec], set: RuleSet) -> RuleSet {
+    set.iter()
+        .filter(|&i| rules[i].mode == RuleMode::Enforce)
+        .collect()
 }
 
 /// The shared backend in use and what to do when it fails.
@@ -375,7 +399,7 @@ impl Limiter {
             Err(redis::Unreachable) => match shared.on_error {
                 OnBackendError::Local => Outcome::Decided(self.local.check(method, path, &key)),
                 OnBackendError::Allow => Outcome::Decided(Decision {
-                    matched,
+                    matched: enforced(&self.rules, matched),
                     ..Decision::default()
                 }),
                 OnBackendError::Deny => Outcome::Unavailable,
@@ -451,6 +475,7 @@ mod tests {
             limit,
             period,
             burst,
+            mode: RuleMode::Enforce,
         };
         assert_eq!(
             rule(Duration::from_secs(1), 5, 5).replenish_interval(),

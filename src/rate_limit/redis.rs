@@ -23,39 +23,42 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
-use super::{Decision, Denial, RuleSet, RuleSpec, RuleState};
+use super::{Decision, Denial, RuleMode, RuleSet, RuleSpec, RuleState};
 use crate::client::ClientKey;
 
 /// How long Redis is left alone after a failed decision.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
-/// KEYS: one bucket per matching rule. ARGV: interval (µs) and burst per
-/// rule. Returns 4 numbers per rule checked: allowed (1/0), remaining,
-/// µs until allowed again, µs until the bucket is full.
+/// KEYS: one bucket per matching rule. ARGV: interval (µs), burst and
+/// shadow (1/0) per rule. Returns 4 numbers per rule checked: allowed (1,
+/// 0, or 2 for a shadow rule's denial, which does not stop the checks),
+/// remaining, µs until allowed again, µs until the bucket is full.
 const GCRA_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
 for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local shadow = ARGV[3 * i] == '1'
   local tau = interval * burst
   local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
   local new_tat = tat + interval
   local allow_at = new_tat - tau
   if allow_at > now then
-    out[#out + 1] = 0
+    out[#out + 1] = shadow and 2 or 0
     out[#out + 1] = 0
     out[#out + 1] = allow_at - now
     out[#out + 1] = tat - now
-    return out
+    if not shadow then return out end
+  else
+    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+    out[#out + 1] = 1
+    out[#out + 1] = math.floor((now + tau - new_tat) / interval)
+    out[#out + 1] = 0
+    out[#out + 1] = new_tat - now
   end
-  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-  out[#out + 1] = 1
-  out[#out + 1] = math.floor((now + tau - new_tat) / interval)
-  out[#out + 1] = 0
-  out[#out + 1] = new_tat - now
 end
 return out
 "#;
@@ -195,7 +198,8 @@ impl RedisLimiter {
                 r.name,
                 rule_version(r)
             ));
-            inv.arg(interval_us).arg(r.burst.max(1));
+            let shadow = u8::from(r.mode == RuleMode::Shadow);
+            inv.arg(interval_us).arg(r.burst.max(1)).arg(shadow);
         }
         let raw: Vec<i64> = match &self.conn {
             Conn::Single(client, cell) => {
@@ -262,10 +266,16 @@ fn ceil_secs_us(us: i64) -> u64 {
 /// Turn the script's numbers into a [`Decision`].
 fn decision_from(raw: &[i64], rules: &[RuleSpec], matched: RuleSet) -> Decision {
     let mut d = Decision {
-        matched,
+        matched: super::enforced(rules, matched),
         ..Decision::default()
     };
     for (chunk, i) in raw.chunks_exact(4).zip(matched.iter()) {
+        if rules[i].mode == RuleMode::Shadow {
+            if chunk[0] == 2 {
+                d.shadowed.insert(i);
+            }
+            continue;
+        }
         let state = RuleState {
             rule: i,
             limit: rules[i].limit,
@@ -295,6 +305,7 @@ mod tests {
             limit,
             period: Duration::from_secs(60),
             burst: limit,
+            mode: RuleMode::Enforce,
         };
         vec![r("a", 100), r("b", 5)]
     }
@@ -324,6 +335,25 @@ mod tests {
             (state.rule, retry_after_secs, state.reset_secs),
             (1, 12, 60)
         );
+    }
+
+    #[test]
+    fn shadow_denials_are_noted_and_the_checks_go_on() {
+        let mut rules = rules();
+        rules[0].mode = RuleMode::Shadow;
+        let d = decision_from(
+            &[2, 0, 5_000_000, 60_000_000, 1, 4, 0, 12_000_000],
+            &rules,
+            [0, 1].into_iter().collect(),
+        );
+        assert_eq!(d.shadowed.iter().collect::<Vec<_>>(), vec![0]);
+        assert!(d.denied.is_none());
+        assert_eq!(
+            d.tightest.map(|t| t.rule),
+            Some(1),
+            "only the enforced rule"
+        );
+        assert_eq!(d.matched.iter().collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]

@@ -264,3 +264,48 @@ fn exempt_clients_are_never_limited_and_cannot_be_spoofed() {
         0.0
     );
 }
+
+#[test]
+fn a_shadow_rule_only_counts_and_keeps_its_bucket_when_enforced() {
+    let up = Upstream::start();
+    let rule = |mode: &str| {
+        format!("[[rate_limit.rules]]\nname = \"trial\"\nlimit = 1\nperiod = \"1h\"\nburst = 2\nmode = \"{mode}\"\n")
+    };
+    let gw = Gateway::start(up.port, "", &rule("shadow"));
+    let mut c = gw.connect();
+    for _ in 0..5 {
+        let r = c.request("GET", "/hello");
+        assert_eq!(r.status, 200, "a shadow rule refuses nothing");
+        assert!(
+            r.header("x-ratelimit-limit").is_none(),
+            "and adds no header"
+        );
+    }
+    let scraped = gw.scrape();
+    let shadowed = "tollgate_rate_limit_shadowed_total{rule=\"trial\"}";
+    assert_eq!(
+        crate::harness::metric(&scraped, shadowed),
+        3.0,
+        "burst 2 of 5"
+    );
+    let limited = "tollgate_rate_limited_total{rule=\"trial\"}";
+    assert_eq!(crate::harness::metric(&scraped, limited), 0.0);
+
+    // The same rule enforced: its bucket, drained in shadow, is kept.
+    gw.write_config("", "", &rule("enforce"));
+    gw.signal("HUP");
+    let reloads = "tollgate_config_reloads_total{result=\"success\"}";
+    eventually(
+        Duration::from_secs(10),
+        POLL,
+        || format!("no reload:\n{}", gw.log()),
+        || (crate::harness::metric(&gw.scrape(), reloads) >= 1.0).then_some(()),
+    );
+    let r = c.request("GET", "/hello");
+    assert_eq!(r.status, 429, "the drained bucket refuses at once");
+    assert!(
+        gw.log().contains("\"kept_rules\":\"[\\\"trial\\\"]\""),
+        "{}",
+        gw.log()
+    );
+}

@@ -316,3 +316,35 @@ fn redis_cluster_keeps_one_decision_in_one_slot() {
     }
     assert_eq!(backend_errors(&a) + backend_errors(&b), 0.0);
 }
+
+#[test]
+fn shadow_rules_decide_on_redis_without_refusing() {
+    let up = Upstream::start();
+    let redis = Redis::start();
+    // An enforced rule with room to spare, and a shadow rule of burst 2 on
+    // the same requests: the shadow bucket drains in Redis, nothing is
+    // refused, and the enforced rule's headers are the ones sent.
+    let cfg = format!(
+        "{}\n[[rate_limit.rules]]\nname = \"trial\"\nlimit = 1\nperiod = \"1h\"\nburst = 2\nmode = \"shadow\"\n",
+        config(&redis, "deny", 100)
+    );
+    let gw = Gateway::start(up.port, "", &cfg);
+    let mut c = gw.connect();
+    for _ in 0..5 {
+        let r = c.send("GET", "/hello", &CLIENT, b"").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-ratelimit-limit"),
+            Some("100"),
+            "the enforced rule's"
+        );
+    }
+    let scraped = gw.scrape();
+    let shadowed = "tollgate_rate_limit_shadowed_total{rule=\"trial\"}";
+    assert_eq!(metric(&scraped, shadowed), 3.0);
+    assert_eq!(
+        metric(&scraped, "tollgate_rate_limited_total{rule=\"trial\"}"),
+        0.0
+    );
+    assert_eq!(backend_errors(&gw), 0.0, "decided by Redis");
+}
