@@ -7,7 +7,8 @@
 #   nginx     NGINX, 1 worker, proxy_pass with keep-alive upstream and a
 #             per-IP limit_req ($binary_remote_addr) that never triggers
 #   bare      a bare Pingora pass-through proxy (examples/bare_proxy.rs):
-#             the framework's floor, same profile and allocator as tollgate;
+#             the framework's floor, same profile, allocator, upstream
+#             timeouts and client limits as tollgate;
 #             in the 429 case it answers each request with an empty 429
 #             of its own (Pingora's API): the floor for a proxy's own answer
 #   tollgate  1 thread, one never-triggering per-IP rule, metrics on
@@ -104,7 +105,9 @@ start_target() {
     bare)
       local refuse=""
       [ "$scenario" = limited ] && refuse=refuse
-      $pin_proxy "$bare_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" $refuse 2>/dev/null &
+      # `timeouts`: tollgate's upstream timeouts and client limits (an idle
+      # timeout between requests, a head deadline), so both pay for them.
+      $pin_proxy "$bare_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" timeouts $refuse 2>/dev/null &
       target_pid=$! ;;
     tollgate)
       local limit=1000000000
