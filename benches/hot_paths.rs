@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tollgate::client::{ClientIpResolver, ClientKey};
 use tollgate::errors::{normalize, ErrorTable, UpstreamError};
 use tollgate::rate_limit::headers::{self as rate_limit_headers, HeaderStyle};
-use tollgate::rate_limit::{LocalLimiter, RuleMode, RuleSpec};
+use tollgate::rate_limit::{LocalLimiter, RequestKeys, RuleKey, RuleMode, RuleSpec};
 use tollgate::routes::RequestMatcher;
 
 /// Counts allocations so each case can report allocations per call.
@@ -144,6 +144,7 @@ fn limiter_with(keys: u32, v6: bool) -> LocalLimiter {
         period: Duration::from_secs(1),
         burst: 1_000_000_000,
         mode: RuleMode::Enforce,
+        key: Default::default(),
     };
     let lim = LocalLimiter::new(vec![rule], 2_000_000);
     for i in 0..keys {
@@ -190,6 +191,44 @@ fn bench_limiter(c: &mut Criterion) {
                 },
             );
         }
+    }
+    // An API-key rule against the same rule keyed by address, one client
+    // (the key is hashed per decision: HMAC-SHA-256 of a 32-byte value).
+    for header_key in [false, true] {
+        let rule = RuleSpec {
+            name: "default".into(),
+            applies_to: RequestMatcher::any(),
+            limit: 1_000_000_000,
+            period: Duration::from_secs(1),
+            burst: 1_000_000_000,
+            mode: RuleMode::Enforce,
+            key: if header_key {
+                RuleKey::Header(http::HeaderName::from_static("x-api-key"))
+            } else {
+                RuleKey::Ip
+            },
+        };
+        let lim = LocalLimiter::new(vec![rule], 1_000);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-api-key",
+            "sk_live_0123456789abcdef0123456789".parse().unwrap(),
+        );
+        let keys = RequestKeys {
+            ip: client_key(1, false),
+            headers: Some(&headers),
+        };
+        let name = if header_key {
+            "header_key/1"
+        } else {
+            "ip_key/1"
+        };
+        report_allocs(&format!("rate_limit/{name}"), || {
+            black_box(lim.check_keys("GET", "/", &keys));
+        });
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| black_box(lim.check_keys("GET", "/", black_box(&keys))))
+        });
     }
     g.finish();
 }

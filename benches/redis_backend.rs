@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tollgate::client::ClientKey;
 use tollgate::rate_limit::{
-    Limiter, LimiterSettings, OnBackendError, Outcome, Pending, RedisTarget, RuleMode, RuleSpec,
-    SharedBackend,
+    Limiter, LimiterSettings, OnBackendError, Outcome, Pending, RedisTarget, RequestKeys, RuleMode,
+    RuleSpec, SharedBackend,
 };
 use tollgate::routes::RequestMatcher;
 
@@ -26,6 +26,7 @@ fn rules() -> Vec<RuleSpec> {
         period: Duration::from_secs(1),
         burst: 1_000_000_000,
         mode: RuleMode::Enforce,
+        key: Default::default(),
     }]
 }
 
@@ -91,7 +92,11 @@ fn bench(c: &mut Criterion) {
     };
     let redis = Arc::new(Limiter::new(&redis_settings, errors));
     // Warm the connection and the script cache.
-    let first = rt.block_on(redis.decide("GET", "/", key(0)).outcome());
+    let first = rt.block_on(
+        redis
+            .decide("GET", "/", RequestKeys::ip_only(key(0)))
+            .outcome(),
+    );
     assert!(matches!(first, Outcome::Decided(_)), "redis answers");
 
     let mut g = c.benchmark_group("decision");
@@ -99,10 +104,12 @@ fn bench(c: &mut Criterion) {
         let mut i = 0u32;
         b.iter(|| {
             i = i.wrapping_add(1);
-            black_box(match local.decide("GET", "/", key(i)) {
-                Pending::Ready(outcome) => outcome,
-                Pending::Shared(_) => unreachable!("the local backend decides at once"),
-            })
+            black_box(
+                match local.decide("GET", "/", RequestKeys::ip_only(key(i))) {
+                    Pending::Ready(outcome) => outcome,
+                    Pending::Shared(_) => unreachable!("the local backend decides at once"),
+                },
+            )
         })
     });
     g.bench_function("redis/sequential", |b| {
@@ -110,7 +117,12 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let t = Instant::now();
                 for i in 0..iters {
-                    black_box(redis.decide("GET", "/", key(i as u32)).outcome().await);
+                    black_box(
+                        redis
+                            .decide("GET", "/", RequestKeys::ip_only(key(i as u32)))
+                            .outcome()
+                            .await,
+                    );
                 }
                 t.elapsed()
             })
@@ -127,7 +139,12 @@ fn bench(c: &mut Criterion) {
                     set.spawn(async move {
                         for i in 0..per {
                             let key = key((w * per + i) as u32);
-                            black_box(redis.decide("GET", "/", key).outcome().await);
+                            black_box(
+                                redis
+                                    .decide("GET", "/", RequestKeys::ip_only(key))
+                                    .outcome()
+                                    .await,
+                            );
                         }
                     });
                 }

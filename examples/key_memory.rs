@@ -44,6 +44,7 @@ fn main() {
         period: Duration::from_secs(60),
         burst: 100,
         mode: RuleMode::Enforce,
+        key: Default::default(),
     };
     let resolver = ClientIpResolver::new(vec![], 64);
     let limiter = LocalLimiter::new(vec![rule], max_keys);

@@ -14,6 +14,8 @@ use ipnet::IpNet;
 pub enum ClientKey {
     V4([u8; 4]),
     V6([u8; 16]),
+    /// A header value's keyed hash ([`super::KeyHasher`]).
+    Hashed([u8; 16]),
 }
 
 #[derive(Debug, Clone)]

@@ -14,7 +14,8 @@ use super::{Config, ErrorSettings, ServerSettings, TlsTermination, UpstreamSetti
 use crate::client::{ClientIpResolver, Exemptions};
 use crate::errors::ErrorTable;
 use crate::rate_limit::{
-    LimiterSettings, RateLimitSettings, RedisTarget, RuleSet, RuleSpec, SharedBackend, MAX_REFILL,
+    LimiterSettings, RateLimitSettings, RedisTarget, RuleKey, RuleSet, RuleSpec, SharedBackend,
+    MAX_REFILL,
 };
 use crate::routes::{RequestMatcher, RouteSpec};
 
@@ -124,6 +125,11 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
                     "must be at least 1".into(),
                 ));
             }
+        }
+        if let (RuleKey::Header(_), Backend::Redis) = (&r.key, rl.backend) {
+            let message = "header keys need backend = \"local\" in this build (on Redis they \
+                           will need rate_limit.key_secret, so replicas agree)";
+            return Err(at(None, &key("key"), message.into()));
         }
         if r.period.0.is_zero() {
             return Err(at(None, &key("period"), "must be longer than zero".into()));
@@ -256,6 +262,7 @@ fn rule_spec(r: &RuleConfig) -> RuleSpec {
             .as_ref()
             .map_or(*r.limit.get_ref(), |b| *b.get_ref()),
         mode: r.mode,
+        key: r.key.clone(),
     }
 }
 

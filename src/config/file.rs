@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::errors::StatusOverride;
-use crate::rate_limit::{HeaderStyle, OnBackendError, RuleMode};
+use crate::rate_limit::{HeaderStyle, OnBackendError, RuleKey, RuleMode};
 
 /// A duration written with a unit: `"500ms"`, `"1s"`, `"1m"`, `"1h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +257,25 @@ pub struct RuleConfig {
     pub burst: Option<Spanned<u32>>,
     #[serde(default)]
     pub mode: RuleMode,
+    /// `"ip"` or `"header:NAME"`.
+    #[serde(default, deserialize_with = "rule_key")]
+    pub key: RuleKey,
+}
+
+/// `key = "ip" | "header:NAME"`.
+fn rule_key<'de, D: Deserializer<'de>>(d: D) -> Result<RuleKey, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "ip" {
+        return Ok(RuleKey::Ip);
+    }
+    let name = s.strip_prefix("header:").ok_or_else(|| {
+        de::Error::custom(format!(
+            "`{s}`: write \"ip\" or \"header:NAME\" (e.g. \"header:X-Api-Key\")"
+        ))
+    })?;
+    http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map(RuleKey::Header)
+        .map_err(|_| de::Error::custom(format!("`{name}` is not a header name")))
 }
 
 fn root_prefix() -> String {

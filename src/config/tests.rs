@@ -147,3 +147,38 @@ fn a_rules_burst_defaults_to_its_limit_and_its_prefix_to_the_root() {
     assert!(rules[0].matches("DELETE", "/anything"));
     assert!(rules[1].matches("POST", "/v1/x") && !rules[1].matches("GET", "/v1/x"));
 }
+
+#[test]
+fn rule_keys_parse_and_header_keys_need_the_local_backend() {
+    let rule = |key: &str| {
+        format!("[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\nkey = \"{key}\"\n")
+    };
+    let rules = parse(&rule("header:X-Api-Key"))
+        .unwrap()
+        .rate_limit
+        .limiter
+        .rules;
+    assert_eq!(
+        rules[0].key,
+        crate::rate_limit::RuleKey::Header(http::HeaderName::from_static("x-api-key"))
+    );
+    assert_eq!(
+        parse(&rule("ip")).unwrap().rate_limit.limiter.rules[0].key,
+        crate::rate_limit::RuleKey::Ip
+    );
+    let e = parse(&rule("cookie:x")).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("rate_limit.rules[0].key", 7),
+        "{e}"
+    );
+    let e = parse(&rule("header:bad name")).unwrap_err();
+    assert!(e.message.contains("not a header name"), "{e}");
+    let redis = rule("header:X-Api-Key").replace(
+        "[[rate_limit.rules]]",
+        "[rate_limit]\nbackend = \"redis\"\n[[rate_limit.rules]]",
+    );
+    let e = parse(&redis).unwrap_err();
+    assert_eq!(e.key, "rate_limit.rules[0].key", "{e}");
+    assert!(e.message.contains("backend = \"local\""), "{e}");
+}

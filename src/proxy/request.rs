@@ -15,7 +15,7 @@ use super::ctx::Ctx;
 use super::headers::{X_FORWARDED_FOR, X_REQUEST_ID};
 use super::log::{self, RequestLine};
 use crate::client::RequestId;
-use crate::rate_limit::{Decision, Outcome, Pending};
+use crate::rate_limit::{Decision, Outcome, Pending, RequestKeys};
 
 /// Who is asking, for what: request id, client address, route. Starts
 /// loading the client's buckets into the cache for the decision.
@@ -122,9 +122,13 @@ pub fn decide<'a>(session: &'a Session, ctx: &'a Ctx) -> Pending<'a> {
         return Pending::Ready(Outcome::Decided(Decision::default()));
     };
     let req = session.req_header();
+    let keys = RequestKeys {
+        ip: key,
+        headers: Some(&req.headers),
+    };
     ctx.rt
         .limiter
-        .decide(req.method.as_str(), req.uri.path(), key)
+        .decide(req.method.as_str(), req.uri.path(), keys)
 }
 
 /// Record the decision; the answer when it refuses the request (429, or

@@ -217,7 +217,7 @@ impl std::fmt::Debug for BucketTable {
 fn slot_key(key: &ClientKey) -> u128 {
     match key {
         ClientKey::V4(octets) => (0xffff << 32) | u128::from(u32::from_be_bytes(*octets)),
-        ClientKey::V6(octets) => u128::from_be_bytes(*octets),
+        ClientKey::V6(octets) | ClientKey::Hashed(octets) => u128::from_be_bytes(*octets),
     }
 }
 

@@ -225,6 +225,7 @@ mod tests {
             period: Duration::from_secs(secs),
             burst: limit,
             mode: RuleMode::Enforce,
+            key: Default::default(),
         };
         vec![r("default", 100, 1), r("auth", 20, 60)]
     }

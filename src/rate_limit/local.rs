@@ -28,7 +28,7 @@ use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::{NotUntil, Quota};
 
 use super::bucket_table::{BucketTable, Prefetcher};
-use super::{Decision, Denial, RuleMode, RuleSpec, RuleState};
+use super::{Decision, Denial, RequestKeys, RuleKey, RuleMode, RuleSpec, RuleState};
 use crate::client::ClientKey;
 
 /// governor's quota for a rule.
@@ -56,6 +56,7 @@ impl<C: Clock> Rule<C> {
     /// Whether `spec` may keep this rule's bucket state across a reload.
     fn same_buckets(&self, spec: &RuleSpec, max_keys: usize) -> bool {
         self.spec.name == spec.name
+            && self.spec.key == spec.key
             && self.spec.limit == spec.limit
             && self.spec.period == spec.period
             && self.spec.burst == spec.burst
@@ -145,23 +146,31 @@ impl<C: Clock + Clone> LocalLimiter<C> {
         self.rules.iter().map(|r| &r.spec)
     }
 
-    /// Start loading this client's buckets into the cache, for a
-    /// [`check`](Self::check) a little later (see [`Prefetcher`]).
+    /// Start loading this client's buckets of address-keyed rules into
+    /// the cache, for a [`check`](Self::check) a little later (see
+    /// [`Prefetcher`]).
     pub fn prefetch(&self, method: &str, path: &str, key: &ClientKey) {
         for rule in &self.rules {
-            if rule.spec.matches(method, path) {
+            if rule.spec.key == RuleKey::Ip && rule.spec.matches(method, path) {
                 rule.prefetcher.prefetch(key);
             }
         }
     }
 
-    /// Check every matching rule for this client; stop at the first denial.
+    /// Check every matching rule for a client counted by its address.
     pub fn check(&self, method: &str, path: &str, key: &ClientKey) -> Decision {
+        self.check_keys(method, path, &RequestKeys::ip_only(*key))
+    }
+
+    /// Check every matching rule, each under its own key for this request;
+    /// stop at the first denial.
+    pub fn check_keys(&self, method: &str, path: &str, keys: &RequestKeys<'_>) -> Decision {
         let mut decision = Decision::default();
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.spec.matches(method, path) {
                 continue;
             }
+            let key = &keys.for_rule(&rule.spec);
             if rule.spec.mode == RuleMode::Shadow {
                 // Decided as if enforced; only a denial is noted.
                 if rule.buckets.check_key(key).is_err() {
@@ -254,6 +263,7 @@ mod tests {
             period: Duration::from_millis(period_ms),
             burst,
             mode: RuleMode::Enforce,
+            key: Default::default(),
         }
     }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::{ClientKey, Exemptions};
+use crate::client::{ClientKey, Exemptions, KeyHasher};
 use crate::routes::RequestMatcher;
 
 pub use headers::HeaderStyle;
@@ -52,6 +52,46 @@ pub struct RuleSpec {
     pub burst: u32,
     /// Whether a denial refuses the request or is only counted.
     pub mode: RuleMode,
+    /// What the rule's buckets are keyed by.
+    pub key: RuleKey,
+}
+
+/// `key` of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RuleKey {
+    /// The client address (the IPv6 /64 by default).
+    #[default]
+    Ip,
+    /// A request header's value, hashed (an API key); the client address
+    /// when the request has none.
+    Header(http::HeaderName),
+}
+
+/// What one request is counted under: its client's address key, and its
+/// headers for header-keyed rules.
+#[derive(Clone, Copy)]
+pub struct RequestKeys<'a> {
+    pub ip: ClientKey,
+    pub headers: Option<&'a http::HeaderMap>,
+}
+
+impl RequestKeys<'_> {
+    /// The key `rule` counts this request under: the keyed hash of its
+    /// header's first value ([`KeyHasher::process`]), else the address.
+    pub fn for_rule(&self, rule: &RuleSpec) -> ClientKey {
+        match (&rule.key, self.headers) {
+            (RuleKey::Header(name), Some(headers)) => {
+                let values = headers.get_all(name).into_iter().map(|v| v.as_bytes());
+                KeyHasher::process().key(values).unwrap_or(self.ip)
+            }
+            _ => self.ip,
+        }
+    }
+
+    /// Keys for a request counted by its address only.
+    pub fn ip_only(ip: ClientKey) -> RequestKeys<'static> {
+        RequestKeys { ip, headers: None }
+    }
 }
 
 /// `mode` of a rule.
@@ -373,12 +413,18 @@ impl Limiter {
         }
     }
 
-    /// Decide for one request of this client.
-    pub fn decide<'a>(&'a self, method: &'a str, path: &'a str, key: ClientKey) -> Pending<'a> {
+    /// Decide for one request, each rule under its key.
+    pub fn decide<'a>(
+        &'a self,
+        method: &'a str,
+        path: &'a str,
+        keys: RequestKeys<'a>,
+    ) -> Pending<'a> {
         match &self.shared {
-            None => Pending::Ready(Outcome::Decided(self.local.check(method, path, &key))),
+            None => Pending::Ready(Outcome::Decided(self.local.check_keys(method, path, &keys))),
+            // Header-keyed rules are refused at load with the Redis backend.
             Some(shared) => {
-                Pending::Shared(Box::pin(self.decide_shared(shared, method, path, key)))
+                Pending::Shared(Box::pin(self.decide_shared(shared, method, path, keys)))
             }
         }
     }
@@ -388,16 +434,18 @@ impl Limiter {
         shared: &Shared,
         method: &str,
         path: &str,
-        key: ClientKey,
+        keys: RequestKeys<'_>,
     ) -> Outcome {
         let matched = RuleSet::matching(&self.rules, method, path);
         if matched.is_empty() {
             return Outcome::Decided(Decision::default());
         }
-        match shared.redis.decide(&key, &self.rules, matched).await {
+        match shared.redis.decide(&keys.ip, &self.rules, matched).await {
             Ok(decision) => Outcome::Decided(decision),
             Err(redis::Unreachable) => match shared.on_error {
-                OnBackendError::Local => Outcome::Decided(self.local.check(method, path, &key)),
+                OnBackendError::Local => {
+                    Outcome::Decided(self.local.check_keys(method, path, &keys))
+                }
                 OnBackendError::Allow => Outcome::Decided(Decision {
                     matched: enforced(&self.rules, matched),
                     ..Decision::default()
@@ -476,6 +524,7 @@ mod tests {
             period,
             burst,
             mode: RuleMode::Enforce,
+            key: Default::default(),
         };
         assert_eq!(
             rule(Duration::from_secs(1), 5, 5).replenish_interval(),

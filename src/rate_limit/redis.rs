@@ -248,6 +248,12 @@ fn bucket_tag(key: &ClientKey) -> String {
                 let _ = write!(s, "{x:02x}");
             });
         }
+        ClientKey::Hashed(b) => {
+            s.push('h');
+            b.iter().for_each(|x| {
+                let _ = write!(s, "{x:02x}");
+            });
+        }
     }
     s
 }
@@ -306,6 +312,7 @@ mod tests {
             period: Duration::from_secs(60),
             burst: limit,
             mode: RuleMode::Enforce,
+            key: Default::default(),
         };
         vec![r("a", 100), r("b", 5)]
     }

@@ -309,3 +309,60 @@ fn a_shadow_rule_only_counts_and_keeps_its_bucket_when_enforced() {
         gw.log()
     );
 }
+
+#[test]
+fn an_api_key_has_its_own_bucket_with_the_address_as_fallback() {
+    let up = Upstream::start();
+    let cfg = "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[[rate_limit.rules]]\nname = \"per_key\"\nlimit = 1\nperiod = \"1h\"\nburst = 2\nkey = \"header:X-Api-Key\"\n";
+    let gw = Gateway::start(up.port, "", cfg);
+    let mut c = gw.connect();
+    let send = |c: &mut crate::harness::Conn, ip: &str, key: Option<&str>| {
+        let mut headers = vec![("x-forwarded-for", ip)];
+        if let Some(k) = key {
+            headers.push(("x-api-key", k));
+        }
+        c.send("GET", "/hello", &headers, b"").unwrap().status
+    };
+    let (a, b) = ("sk_live_AAAA_do_not_log", "sk_live_BBBB_do_not_log");
+    // One address, two keys: each key has its own burst of 2.
+    let ip1 = "198.51.100.1";
+    assert_eq!(
+        [
+            send(&mut c, ip1, Some(a)),
+            send(&mut c, ip1, Some(a)),
+            send(&mut c, ip1, Some(a))
+        ],
+        [200, 200, 429]
+    );
+    assert_eq!(
+        [
+            send(&mut c, ip1, Some(b)),
+            send(&mut c, ip1, Some(b)),
+            send(&mut c, ip1, Some(b))
+        ],
+        [200, 200, 429]
+    );
+    // Without a key (or with an empty one) the address is the key.
+    assert_eq!(
+        [
+            send(&mut c, ip1, None),
+            send(&mut c, ip1, Some("  ")),
+            send(&mut c, ip1, None)
+        ],
+        [200, 200, 429]
+    );
+    // The key follows its holder to another address; the address does not
+    // matter to it.
+    let ip2 = "198.51.100.2";
+    assert_eq!(send(&mut c, ip2, Some(a)), 429);
+    assert_eq!(send(&mut c, ip2, None), 200, "ip2's own bucket");
+    // The key as sent is nowhere: not in the log, not in the metrics.
+    let (log, scraped) = (gw.log(), gw.scrape());
+    for k in [a, b] {
+        assert!(!log.contains(k) && !scraped.contains(k), "{k} leaked");
+    }
+    assert_eq!(
+        crate::harness::metric(&scraped, "tollgate_rate_limited_total{rule=\"per_key\"}"),
+        4.0
+    );
+}
