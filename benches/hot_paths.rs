@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tollgate::client::KeyHasher;
 use tollgate::client::{ClientIpResolver, ClientKey};
 use tollgate::errors::{normalize, ErrorTable, UpstreamError};
 use tollgate::rate_limit::headers::{self as rate_limit_headers, HeaderStyle};
@@ -213,6 +214,7 @@ fn bench_limiter(c: &mut Criterion) {
         let keys = RequestKeys {
             ip: client_key(1, false),
             headers: Some(&headers),
+            hasher: KeyHasher::process(),
         };
         let name = if header_key {
             "header_key/1"

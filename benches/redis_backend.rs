@@ -79,6 +79,7 @@ fn bench(c: &mut Criterion) {
         rules: rules.clone(),
         max_keys: 1_000_000,
         shared: None,
+        key_secret: None,
     };
     let local = Limiter::new(&local_settings, errors.clone());
     let shared = SharedBackend {

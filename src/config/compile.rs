@@ -126,9 +126,12 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
                 ));
             }
         }
-        if let (RuleKey::Header(_), Backend::Redis) = (&r.key, rl.backend) {
-            let message = "header keys need backend = \"local\" in this build (on Redis they \
-                           will need rate_limit.key_secret, so replicas agree)";
+        if matches!(r.key, RuleKey::Header(_))
+            && rl.backend == Backend::Redis
+            && rl.key_secret.is_empty()
+        {
+            let message = "a header-keyed rule on the Redis backend needs rate_limit.key_secret \
+                           (so that replicas hash a value to the same key)";
             return Err(at(None, &key("key"), message.into()));
         }
         if r.period.0.is_zero() {
@@ -289,6 +292,7 @@ fn rate_limit(rl: &RateLimitConfig) -> RateLimitSettings {
             rules,
             max_keys: rl.max_keys,
             shared,
+            key_secret: (!rl.key_secret.is_empty()).then(|| rl.key_secret.clone()),
         },
         headers: rl.headers,
         exempt: Exemptions::new(rl.exempt.clone()),

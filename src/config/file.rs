@@ -224,6 +224,9 @@ pub struct RateLimitConfig {
     pub sweep_interval: HumanDuration,
     /// Client addresses (after trusted-proxy resolution) no rule limits.
     pub exempt: Vec<IpNet>,
+    /// The HMAC key of header values for header-keyed rules, shared by
+    /// replicas on the Redis backend.
+    pub key_secret: String,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -238,6 +241,7 @@ impl Default for RateLimitConfig {
             max_keys: 1_000_000,
             headers: HeaderStyle::XRatelimit,
             exempt: Vec::new(),
+            key_secret: String::new(),
             sweep_interval: HumanDuration(Duration::from_secs(10)),
             rules: Vec::new(),
         }

@@ -149,7 +149,7 @@ fn a_rules_burst_defaults_to_its_limit_and_its_prefix_to_the_root() {
 }
 
 #[test]
-fn rule_keys_parse_and_header_keys_need_the_local_backend() {
+fn rule_keys_parse_and_header_keys_on_redis_need_a_secret() {
     let rule = |key: &str| {
         format!("[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\nkey = \"{key}\"\n")
     };
@@ -180,5 +180,11 @@ fn rule_keys_parse_and_header_keys_need_the_local_backend() {
     );
     let e = parse(&redis).unwrap_err();
     assert_eq!(e.key, "rate_limit.rules[0].key", "{e}");
-    assert!(e.message.contains("backend = \"local\""), "{e}");
+    assert!(e.message.contains("rate_limit.key_secret"), "{e}");
+    let with_secret = redis.replace(
+        "backend = \"redis\"",
+        "backend = \"redis\"\nkey_secret = \"s3cret\"",
+    );
+    let c = parse(&with_secret).unwrap();
+    assert_eq!(c.rate_limit.limiter.key_secret.as_deref(), Some("s3cret"));
 }

@@ -125,6 +125,7 @@ pub fn decide<'a>(session: &'a Session, ctx: &'a Ctx) -> Pending<'a> {
     let keys = RequestKeys {
         ip: key,
         headers: Some(&req.headers),
+        hasher: ctx.rt.limiter.key_hasher(),
     };
     ctx.rt
         .limiter

@@ -488,6 +488,34 @@ mod tests {
         }
     }
 
+    /// API keys (hashed) live in the same bounded table as addresses: a
+    /// flood of distinct keys shares the overflow bucket past `max_keys`,
+    /// and a rule whose key kind changes on reload starts fresh.
+    #[test]
+    fn header_keys_are_bounded_like_addresses_and_a_new_key_kind_starts_fresh() {
+        let clock = FakeRelativeClock::default();
+        let spec = RuleSpec {
+            key: RuleKey::Header(http::HeaderName::from_static("x-api-key")),
+            ..rule("r", "/", &[], 1, 60_000, 3)
+        };
+        let lim = LocalLimiter::with_clock(vec![spec.clone()], 10, clock.clone());
+        for i in 0..1000u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            lim.check("GET", "/", &ClientKey::Hashed(key));
+        }
+        assert_eq!(lim.key_counts(), vec![10]);
+        assert_eq!(lim.overflow_totals(), vec![990]);
+        let (_, kept) = lim.reconfigure(vec![spec.clone()], 10);
+        assert_eq!(kept, vec!["r".to_string()], "same key kind: kept");
+        let by_ip = RuleSpec {
+            key: RuleKey::Ip,
+            ..spec
+        };
+        let (_, kept) = lim.reconfigure(vec![by_ip], 10);
+        assert!(kept.is_empty(), "another key kind: fresh");
+    }
+
     #[test]
     fn no_rules_no_limits() {
         let lim = LocalLimiter::new(vec![], 10);

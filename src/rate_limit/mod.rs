@@ -73,16 +73,18 @@ pub enum RuleKey {
 pub struct RequestKeys<'a> {
     pub ip: ClientKey,
     pub headers: Option<&'a http::HeaderMap>,
+    /// The limiter's hasher ([`Limiter::key_hasher`]).
+    pub hasher: &'a KeyHasher,
 }
 
 impl RequestKeys<'_> {
     /// The key `rule` counts this request under: the keyed hash of its
-    /// header's first value ([`KeyHasher::process`]), else the address.
+    /// header's first value, else the address.
     pub fn for_rule(&self, rule: &RuleSpec) -> ClientKey {
         match (&rule.key, self.headers) {
             (RuleKey::Header(name), Some(headers)) => {
                 let values = headers.get_all(name).into_iter().map(|v| v.as_bytes());
-                KeyHasher::process().key(values).unwrap_or(self.ip)
+                self.hasher.key(values).unwrap_or(self.ip)
             }
             _ => self.ip,
         }
@@ -90,7 +92,11 @@ impl RequestKeys<'_> {
 
     /// Keys for a request counted by its address only.
     pub fn ip_only(ip: ClientKey) -> RequestKeys<'static> {
-        RequestKeys { ip, headers: None }
+        RequestKeys {
+            ip,
+            headers: None,
+            hasher: KeyHasher::process(),
+        }
     }
 }
 
@@ -244,6 +250,21 @@ impl Decision {
         self.denied = Some(denial);
     }
 
+    /// Add the decision of later rules (another backend call); `true` when
+    /// it refused the request, so nothing after it is checked.
+    pub fn merge(&mut self, later: Decision) -> bool {
+        self.matched = RuleSet(self.matched.0 | later.matched.0);
+        self.shadowed = RuleSet(self.shadowed.0 | later.shadowed.0);
+        if let Some(denial) = later.denied {
+            self.deny(denial);
+            return true;
+        }
+        if let Some(state) = later.tightest {
+            self.allow(state);
+        }
+        false
+    }
+
     /// The rule that decided the request, for the log: the one that refused
     /// it, else the tightest.
     pub fn deciding_rule(&self) -> Option<usize> {
@@ -282,6 +303,9 @@ pub struct LimiterSettings {
     pub max_keys: usize,
     /// `None`: the local buckets decide.
     pub shared: Option<SharedBackend>,
+    /// `rate_limit.key_secret`: the HMAC key of header values, shared by
+    /// replicas; `None`: a secret of this process.
+    pub key_secret: Option<String>,
 }
 
 /// The `[rate_limit]` section, as the gateway runs it.
@@ -337,6 +361,8 @@ struct Shared {
 /// The rate limiter the gateway asks.
 pub struct Limiter {
     rules: Vec<RuleSpec>,
+    /// Turns header values into bucket keys.
+    key_hasher: KeyHasher,
     /// The buckets with the local backend; the fallback for
     /// `on_backend_error = "local"` with Redis.
     local: LocalLimiter,
@@ -393,11 +419,21 @@ impl Limiter {
                 on_error: s.on_error,
             })
         });
+        let key_hasher = match &settings.key_secret {
+            Some(secret) => KeyHasher::with_secret(secret.as_bytes()),
+            None => KeyHasher::process().clone(),
+        };
         Limiter {
             rules: settings.rules.clone(),
+            key_hasher,
             local,
             shared,
         }
+    }
+
+    /// The hasher of header values for this limiter's header-keyed rules.
+    pub fn key_hasher(&self) -> &KeyHasher {
+        &self.key_hasher
     }
 
     /// The rules, in file order.
@@ -422,7 +458,6 @@ impl Limiter {
     ) -> Pending<'a> {
         match &self.shared {
             None => Pending::Ready(Outcome::Decided(self.local.check_keys(method, path, &keys))),
-            // Header-keyed rules are refused at load with the Redis backend.
             Some(shared) => {
                 Pending::Shared(Box::pin(self.decide_shared(shared, method, path, keys)))
             }
@@ -440,7 +475,7 @@ impl Limiter {
         if matched.is_empty() {
             return Outcome::Decided(Decision::default());
         }
-        match shared.redis.decide(&keys.ip, &self.rules, matched).await {
+        match shared.redis.decide(&keys, &self.rules, matched).await {
             Ok(decision) => Outcome::Decided(decision),
             Err(redis::Unreachable) => match shared.on_error {
                 OnBackendError::Local => {
@@ -506,6 +541,29 @@ mod tests {
         assert_eq!(d.tightest, Some(state(4, 50, 0)), "a denial is tightest");
         assert_eq!(d.denied.map(|x| x.retry_after_secs), Some(3));
         assert_eq!(d.deciding_rule(), Some(4));
+    }
+
+    #[test]
+    fn a_later_decision_merges_and_its_denial_ends_it() {
+        let mut d = Decision::default();
+        d.allow(state(0, 100, 50));
+        d.matched.insert(0);
+        let mut later = Decision::default();
+        later.allow(state(1, 10, 3));
+        later.matched.insert(1);
+        later.shadowed.insert(2);
+        assert!(!d.merge(later), "no denial: go on");
+        assert_eq!(d.tightest, Some(state(1, 10, 3)));
+        assert_eq!(d.matched.iter().collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(d.shadowed.iter().collect::<Vec<_>>(), vec![2]);
+        let mut denied = Decision::default();
+        denied.deny(Denial {
+            state: state(3, 5, 0),
+            retry_after_secs: 9,
+        });
+        assert!(d.merge(denied), "a denial ends the decision");
+        assert_eq!(d.denied.map(|x| x.retry_after_secs), Some(9));
+        assert_eq!(d.deciding_rule(), Some(3));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
-use super::{Decision, Denial, RuleMode, RuleSet, RuleSpec, RuleState};
+use super::{Decision, Denial, RequestKeys, RuleMode, RuleSet, RuleSpec, RuleState};
 use crate::client::ClientKey;
 
 /// How long Redis is left alone after a failed decision.
@@ -139,16 +139,17 @@ impl RedisLimiter {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    /// Decide the `matched` rules for one client.
+    /// Decide the `matched` rules for one request, each under its key.
     pub async fn decide(
         &self,
-        key: &ClientKey,
+        keys: &RequestKeys<'_>,
         rules: &[RuleSpec],
         matched: RuleSet,
     ) -> Result<Decision, Unreachable> {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         if now_ms >= self.skip_until_ms.load(Ordering::Relaxed) {
-            let call = tokio::time::timeout(self.timeout, self.eval(key, rules, matched)).await;
+            let runs = runs_by_key(keys, rules, matched);
+            let call = tokio::time::timeout(self.timeout, self.eval_runs(&runs, rules)).await;
             let failure = match call {
                 Ok(Ok(decision)) => {
                     self.mark_healthy();
@@ -180,6 +181,19 @@ impl RedisLimiter {
                 "redis rate-limit backend unavailable; applying on_backend_error until it answers again"
             );
         }
+    }
+
+    /// One script per run of rules under one key, in rule order, stopping
+    /// at the first denial as the local limiter does.
+    async fn eval_runs(&self, runs: &[KeyRun], rules: &[RuleSpec]) -> Result<Decision, String> {
+        let mut decision = Decision::default();
+        for run in runs {
+            let part = self.eval(&run.key, rules, run.rules).await?;
+            if decision.merge(part) {
+                break;
+            }
+        }
+        Ok(decision)
     }
 
     async fn eval(
@@ -229,6 +243,30 @@ impl RedisLimiter {
         };
         Ok(decision_from(&raw, rules, matched))
     }
+}
+
+/// Matching rules in rule order, cut where the key changes: IP-keyed rules
+/// share the client's slot, a header-keyed rule has its key's. All of one
+/// run's buckets share a hash tag, so one script decides them in one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyRun {
+    key: ClientKey,
+    rules: RuleSet,
+}
+
+fn runs_by_key(keys: &RequestKeys<'_>, rules: &[RuleSpec], matched: RuleSet) -> Vec<KeyRun> {
+    let mut runs: Vec<KeyRun> = Vec::with_capacity(1);
+    for i in matched.iter() {
+        let key = keys.for_rule(&rules[i]);
+        match runs.last_mut() {
+            Some(run) if run.key == key => run.rules.insert(i),
+            _ => runs.push(KeyRun {
+                key,
+                rules: [i].into_iter().collect(),
+            }),
+        }
+    }
+    runs
 }
 
 /// The hash tag of a client's keys.
@@ -361,6 +399,45 @@ mod tests {
             "only the enforced rule"
         );
         assert_eq!(d.matched.iter().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn rules_run_in_order_one_script_per_key() {
+        let header = |name: &str| {
+            let mut r = rules()[0].clone();
+            r.name = name.into();
+            r.key = super::super::RuleKey::Header(http::HeaderName::from_static("x-api-key"));
+            r
+        };
+        let rules = vec![
+            rules()[0].clone(),
+            header("h1"),
+            header("h2"),
+            rules()[1].clone(),
+        ];
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-api-key", "k".parse().unwrap());
+        let hasher = crate::client::KeyHasher::with_secret(b"s");
+        let ip = ClientKey::V4([10, 0, 0, 1]);
+        let keys = RequestKeys {
+            ip,
+            headers: Some(&headers),
+            hasher: &hasher,
+        };
+        let all: RuleSet = (0..4).collect();
+        let runs = runs_by_key(&keys, &rules, all);
+        let sets: Vec<Vec<usize>> = runs.iter().map(|r| r.rules.iter().collect()).collect();
+        assert_eq!(
+            sets,
+            vec![vec![0], vec![1, 2], vec![3]],
+            "cut where the key changes"
+        );
+        assert_eq!(runs[0].key, ip);
+        assert!(matches!(runs[1].key, ClientKey::Hashed(_)));
+        assert!(bucket_tag(&runs[1].key).starts_with('h'));
+        // Without the header every rule is the client's: one script.
+        let keys = RequestKeys::ip_only(ip);
+        assert_eq!(runs_by_key(&keys, &rules, all).len(), 1);
     }
 
     #[test]

@@ -348,3 +348,54 @@ fn shadow_rules_decide_on_redis_without_refusing() {
     );
     assert_eq!(backend_errors(&gw), 0.0, "decided by Redis");
 }
+
+#[test]
+fn replicas_share_an_api_keys_bucket_and_redis_never_sees_the_key() {
+    let up = Upstream::start();
+    let redis = Redis::start();
+    let cfg = format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\non_backend_error = \"deny\"\nkey_secret = \"replicas-share-this\"\n\n[[rate_limit.rules]]\nname = \"per_key\"\nlimit = 1\nperiod = \"1h\"\nburst = 3\nkey = \"header:X-Api-Key\"\n",
+        redis.port
+    );
+    let a = Gateway::start(up.port, "", &cfg);
+    let b = Gateway::start(up.port, "", &cfg);
+    let key = "sk_live_shared_between_replicas";
+    let send = |gw: &Gateway, ip: &str| {
+        let headers = [("x-forwarded-for", ip), ("x-api-key", key)];
+        gw.connect()
+            .send("GET", "/hello", &headers, b"")
+            .unwrap()
+            .status
+    };
+    // One burst of 3 for the key, whichever replica and address it comes by.
+    let statuses = [
+        send(&a, "198.51.100.1"),
+        send(&b, "198.51.100.2"),
+        send(&a, "198.51.100.3"),
+        send(&b, "198.51.100.1"),
+    ];
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(
+        backend_errors(&a) + backend_errors(&b),
+        0.0,
+        "decided by Redis"
+    );
+    // Nothing in Redis holds the key as sent: neither key names nor values.
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed (.ci/run installs redis-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let names = cli(&["--scan"]);
+    assert!(!names.trim().is_empty(), "the bucket is in Redis");
+    for name in names.lines().filter(|l| !l.is_empty()) {
+        assert!(!name.contains(key), "{name}");
+        assert!(!cli(&["GET", name]).contains(key));
+    }
+    for gw in [&a, &b] {
+        assert!(!gw.log().contains(key) && !gw.scrape().contains(key));
+    }
+}
