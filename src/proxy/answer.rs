@@ -66,6 +66,15 @@ impl GatewayAnswer {
         }
     }
 
+    /// 405: CONNECT (tunnels) is not proxied. The connection closes: what
+    /// follows a CONNECT is not HTTP.
+    pub fn connect_refused() -> GatewayAnswer {
+        GatewayAnswer {
+            close: true,
+            ..GatewayAnswer::plain(405, "CONNECT is not supported by this gateway.")
+        }
+    }
+
     /// 400: the request breaks HTTP/1.1's framing rules (docs/security.md),
     /// so nothing after it on the connection can be trusted.
     pub fn malformed(what: &'static str) -> GatewayAnswer {

@@ -60,6 +60,12 @@ pub fn identify(session: &Session, ctx: &mut Ctx) {
 /// differing or non-decimal lengths and a last coding other than
 /// `chunked`.)
 pub fn check_framing(session: &Session) -> Option<GatewayAnswer> {
+    // Pingora would answer CONNECT with an empty 405 of its own; tollgate
+    // lets it through to here (`allow_connect_method_proxying`) so the
+    // refusal carries the envelope like every other.
+    if session.req_header().method == Method::CONNECT {
+        return Some(GatewayAnswer::connect_refused());
+    }
     let chunked = session.req_header().headers.contains_key(TRANSFER_ENCODING);
     if !chunked || session.is_http2() {
         return None;

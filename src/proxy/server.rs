@@ -181,6 +181,9 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     if let Some(logic) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = s.h2c;
+        // CONNECT reaches `request_filter`, which refuses it with the
+        // envelope (Pingora's own refusal is an empty 405).
+        options.allow_connect_method_proxying = true;
         options.h1_client_limits = Some(ClientLimits {
             idle_timeout_secs: s.keepalive_timeout.as_secs(),
             head_timeout: s.header_timeout,

@@ -507,3 +507,20 @@ fn an_http2_continuation_flood_ends_its_own_connection() {
     assert!(t.elapsed() < Duration::from_millis(500));
     eprintln!("continuation flood: ended after {sent} bytes of CONTINUATION");
 }
+
+#[test]
+fn connect_is_refused_with_the_envelope() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let requests = up.requests_seen();
+    let (out, _) = exchange(
+        gw.port,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_and_code(&out), (405, "method_not_allowed".into()));
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(text.contains("x-request-id: req_"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert_eq!(up.requests_seen(), requests, "nothing reached the upstream");
+}
