@@ -116,41 +116,36 @@ impl Live {
 
     fn restart_only_changes(&self, new: &ServerSettings) -> Vec<&'static str> {
         let old = &self.boot;
-        let mut changed = Vec::new();
-        if old.listen != new.listen {
-            changed.push("server.listen");
-        }
-        if old.admin_listen != new.admin_listen {
-            changed.push("server.admin_listen");
-        }
-        if old.threads != new.threads {
-            changed.push("server.threads");
-        }
-        if old.h2c != new.h2c {
-            changed.push("server.h2c");
-        }
-        if old.grace_period != new.grace_period {
-            changed.push("server.grace_period");
-        }
-        if old.header_timeout != new.header_timeout {
-            changed.push("server.header_timeout");
-        }
-        if old.keepalive_timeout != new.keepalive_timeout {
-            changed.push("server.keepalive_timeout");
-        }
-        if old.max_header_bytes != new.max_header_bytes {
-            changed.push("server.max_header_bytes");
-        }
-        if old.h2_max_concurrent_streams != new.h2_max_concurrent_streams {
-            changed.push("server.h2_max_concurrent_streams");
-        }
-        if old.upgrade_sock != new.upgrade_sock {
-            changed.push("server.upgrade_sock");
-        }
         let tls_listen = |s: &ServerSettings| s.tls.as_ref().map(|t| t.listen.clone());
-        if tls_listen(old) != tls_listen(new) {
-            changed.push("server.tls.listen");
-        }
-        changed
+        // Each key read only when the listeners are set up, and whether it
+        // changed since the start.
+        let keys = [
+            ("server.listen", old.listen != new.listen),
+            ("server.admin_listen", old.admin_listen != new.admin_listen),
+            ("server.threads", old.threads != new.threads),
+            ("server.h2c", old.h2c != new.h2c),
+            ("server.grace_period", old.grace_period != new.grace_period),
+            (
+                "server.header_timeout",
+                old.header_timeout != new.header_timeout,
+            ),
+            (
+                "server.keepalive_timeout",
+                old.keepalive_timeout != new.keepalive_timeout,
+            ),
+            (
+                "server.max_header_bytes",
+                old.max_header_bytes != new.max_header_bytes,
+            ),
+            (
+                "server.h2_max_concurrent_streams",
+                old.h2_max_concurrent_streams != new.h2_max_concurrent_streams,
+            ),
+            ("server.upgrade_sock", old.upgrade_sock != new.upgrade_sock),
+            ("server.tls.listen", tls_listen(old) != tls_listen(new)),
+        ];
+        keys.into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect()
     }
 }
