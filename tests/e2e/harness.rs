@@ -236,6 +236,22 @@ impl Gateway {
         wait_for_port(self.port, Duration::from_secs(5));
     }
 
+    /// Reloads counted with this result (`"success"` or `"error"`).
+    pub fn reloads(&self, result: &str) -> u64 {
+        let series = format!("tollgate_config_reloads_total{{result=\"{result}\"}}");
+        metric(&self.scrape(), &series) as u64
+    }
+
+    /// Wait until `n` reloads with this result have been counted.
+    pub fn wait_for_reloads(&self, result: &str, n: u64) {
+        eventually(
+            Duration::from_secs(10),
+            POLL,
+            || format!("no {result} reload; log:\n{}", self.log()),
+            || (self.reloads(result) >= n).then_some(()),
+        );
+    }
+
     pub fn log(&self) -> String {
         self.proc
             .log

@@ -4,23 +4,9 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{envelope, eventually, get, metric, Conn, Gateway, Upstream, POLL};
+use crate::harness::{envelope, eventually, get, Conn, Gateway, Upstream, POLL};
 
 const RULES: &str = "[[rate_limit.rules]]\nname = \"keep\"\npath_prefix = \"/a\"\nlimit = 2\nperiod = \"1m\"\n\n[[rate_limit.rules]]\nname = \"change\"\npath_prefix = \"/b\"\nlimit = 2\nperiod = \"1m\"\n";
-
-fn reloads(gw: &Gateway, result: &str) -> u64 {
-    let series = format!("tollgate_config_reloads_total{{result=\"{result}\"}}");
-    metric(&gw.scrape(), &series) as u64
-}
-
-fn wait_for_reloads(gw: &Gateway, result: &str, n: u64) {
-    eventually(
-        Duration::from_secs(10),
-        POLL,
-        || format!("no {result} reload; log:\n{}", gw.log()),
-        || (reloads(gw, result) >= n).then_some(()),
-    );
-}
 
 fn statuses(c: &mut Conn, path: &str, n: usize) -> Vec<u16> {
     (0..n).map(|_| c.request("GET", path).status).collect()
@@ -42,7 +28,7 @@ fn sighup_keeps_unchanged_buckets_and_refuses_a_broken_file() {
     let table = "[errors.by_status.403]\ntype = \"denied\"\ncode = \"reloaded\"\n";
     gw.write_config("", "", &format!("{changed}\n{table}"));
     gw.signal("HUP");
-    wait_for_reloads(&gw, "success", 1);
+    gw.wait_for_reloads("success", 1);
     assert_eq!(statuses(&mut c, "/a", 1), vec![429], "keep kept its state");
     assert_eq!(
         statuses(&mut c, "/b", 4),
@@ -57,7 +43,7 @@ fn sighup_keeps_unchanged_buckets_and_refuses_a_broken_file() {
     // A broken file is refused; the running config stays.
     std::fs::write(gw.config_path(), "[server\nthreads = 1\n").unwrap();
     gw.signal("HUP");
-    wait_for_reloads(&gw, "error", 1);
+    gw.wait_for_reloads("error", 1);
     assert_eq!(statuses(&mut c, "/a", 1), vec![429]);
     assert_eq!(
         envelope(&c.request("GET", "/errors/message"))["code"],
@@ -74,7 +60,7 @@ fn sighup_keeps_unchanged_buckets_and_refuses_a_broken_file() {
         err.contains(&format!("{}:1:", gw.config_path().display())),
         "{err}"
     );
-    assert_eq!(reloads(&gw, "error"), 2);
+    assert_eq!(gw.reloads("error"), 2);
     assert_eq!(c.request("GET", "/hello").status, 200, "still serving");
 
     // `tollgate reload` checks the file first (exit 1, with the place);
@@ -97,7 +83,7 @@ fn sighup_keeps_unchanged_buckets_and_refuses_a_broken_file() {
     let out = cli(&["reload"]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"kept_rules\""));
-    assert_eq!(reloads(&gw, "success"), 2);
+    assert_eq!(gw.reloads("success"), 2);
 }
 
 #[test]

@@ -294,13 +294,7 @@ fn a_shadow_rule_only_counts_and_keeps_its_bucket_when_enforced() {
     // The same rule enforced: its bucket, drained in shadow, is kept.
     gw.write_config("", "", &rule("enforce"));
     gw.signal("HUP");
-    let reloads = "tollgate_config_reloads_total{result=\"success\"}";
-    eventually(
-        Duration::from_secs(10),
-        POLL,
-        || format!("no reload:\n{}", gw.log()),
-        || (crate::harness::metric(&gw.scrape(), reloads) >= 1.0).then_some(()),
-    );
+    gw.wait_for_reloads("success", 1);
     let r = c.request("GET", "/hello");
     assert_eq!(r.status, 429, "the drained bucket refuses at once");
     assert!(

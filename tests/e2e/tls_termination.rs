@@ -111,13 +111,6 @@ fn served(s: &StreamOwned<ClientConnection, TcpStream>) -> CertificateDer<'stati
         .into_owned()
 }
 
-fn reloads(gw: &Gateway, result: &str) -> f64 {
-    metric(
-        &gw.scrape(),
-        &format!("tollgate_config_reloads_total{{result=\"{result}\"}}"),
-    )
-}
-
 #[test]
 fn http2_and_http1_by_alpn_with_the_products_behaviour_over_tls() {
     let t = start();
@@ -214,12 +207,7 @@ fn rotation_in_place_serves_new_connections_and_keeps_open_ones() {
     std::fs::copy(dir.join("b.pem"), dir.join("tls.crt")).unwrap();
     std::fs::copy(dir.join("b.key"), dir.join("tls.key")).unwrap();
     t.gw.signal("HUP");
-    eventually(
-        Duration::from_secs(10),
-        POLL,
-        || format!("no reload; log:\n{}", t.gw.log()),
-        || (reloads(&t.gw, "success") >= 1.0).then_some(()),
-    );
+    t.gw.wait_for_reloads("success", 1);
     assert_eq!(
         get(&mut open, "/hello").0,
         200,
@@ -237,12 +225,7 @@ fn rotation_in_place_serves_new_connections_and_keeps_open_ones() {
     // logged, and the last good pair keeps serving.
     std::fs::copy(dir.join("a.pem"), dir.join("tls.crt")).unwrap();
     t.gw.signal("HUP");
-    eventually(
-        Duration::from_secs(10),
-        POLL,
-        || format!("no refused reload; log:\n{}", t.gw.log()),
-        || (reloads(&t.gw, "error") >= 1.0).then_some(()),
-    );
+    t.gw.wait_for_reloads("error", 1);
     assert!(t.gw.log().contains("the key does not fit the certificate"));
     let mut after = connect(&t);
     assert_eq!(get(&mut after, "/hello").0, 200);
