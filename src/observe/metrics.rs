@@ -139,6 +139,12 @@ fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounte
     c
 }
 
+fn unlabelled_counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
 fn histogram(reg: &Registry, name: &str, help: &str) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let h = HistogramVec::new(opts, &["route"]).expect("valid metric");
@@ -231,20 +237,16 @@ impl Metrics {
             "Requests refused because of how the client sent them, by kind.",
             &["kind"],
         );
-        let admin_refused = IntCounter::new(
+        let admin_refused = unlabelled_counter(
+            &reg,
             "tollgate_admin_refused_total",
             "Admin requests refused: POST /reload from a peer that is not loopback.",
-        )
-        .expect("valid metric");
-        reg.register(Box::new(admin_refused.clone()))
-            .expect("unique metric");
-        let rate_limit_exempt = IntCounter::new(
+        );
+        let rate_limit_exempt = unlabelled_counter(
+            &reg,
             "tollgate_rate_limit_exempt_total",
             "Requests from clients in rate_limit.exempt, which no rule limits.",
-        )
-        .expect("valid metric");
-        reg.register(Box::new(rate_limit_exempt.clone()))
-            .expect("unique metric");
+        );
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "tollgate_build_info",
