@@ -63,5 +63,18 @@ proptest! {
             prop_assert!(!s.trim().is_empty(), "{} empty in {}", k, v);
         }
         prop_assert!(e["details"].is_object() || e["details"].is_array() || e["details"].is_null());
+
+        // The same error as a problem: valid JSON that says the same.
+        let from_problem = n.source == tollgate::errors::Source::Problem;
+        let p: serde_json::Value = serde_json::from_slice(
+            &n.envelope.to_bytes(status, tollgate::errors::ErrorFormat::Problem, from_problem),
+        )
+        .unwrap();
+        prop_assert_eq!(&p["status"], &serde_json::json!(status));
+        prop_assert_eq!(&p["detail"], &e["message"]);
+        prop_assert_eq!(&p["error_type"], &e["type"]);
+        prop_assert_eq!(&p["code"], &e["code"]);
+        prop_assert_eq!(&p["request_id"], &e["request_id"]);
+        prop_assert!(p["type"].is_string() && p["title"].is_string());
     }
 }

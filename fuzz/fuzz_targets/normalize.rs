@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::errors::{normalize, ErrorTable, UpstreamError};
+use tollgate::errors::{normalize, ErrorFormat, ErrorTable, Source, UpstreamError};
 
 fuzz_target!(|input: (u16, u8, u8, bool, &[u8])| {
     let (status, ctype, encoding, truncated, body) = input;
@@ -34,4 +34,9 @@ fuzz_target!(|input: (u16, u8, u8, bool, &[u8])| {
         serde_json::from_slice(&n.envelope.to_json()).expect("the envelope is JSON");
     assert!(json["error"]["request_id"].is_string());
     assert!(json["error"]["message"].is_string());
+    let from_problem = n.source == Source::Problem;
+    let problem = n.envelope.to_bytes(err.status, ErrorFormat::Problem, from_problem);
+    let problem: serde_json::Value =
+        serde_json::from_slice(&problem).expect("the problem is JSON");
+    assert_eq!(problem["detail"], json["error"]["message"]);
 });

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use tollgate::client::{ClientIpResolver, RequestId};
-use tollgate::errors::ErrorTable;
+use tollgate::errors::{ErrorFormat, ErrorTable};
 
 fuzz_target!(|input: (&[u8], &[u8], &[u8], u16, &str)| {
     let (xff, forwarded, request_id, status, message) = input;
@@ -25,6 +25,7 @@ fuzz_target!(|input: (&[u8], &[u8], &[u8], u16, &str)| {
     let mut out = Vec::new();
     ErrorTable::default().write_gateway_error(
         &mut out,
+        ErrorFormat::Envelope,
         400 + status % 200,
         message,
         id.as_str(),

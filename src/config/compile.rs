@@ -224,6 +224,7 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
         errors: ErrorSettings {
             table: ErrorTable::new(status_overrides),
             max_body_bytes: file.errors.max_body_bytes,
+            format: file.errors.format,
         },
         routes: file
             .routes

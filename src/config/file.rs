@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::errors::StatusOverride;
+use crate::errors::{ErrorFormat, StatusOverride};
 use crate::rate_limit::{HeaderStyle, OnBackendError, RuleKey, RuleMode};
 
 /// A duration written with a unit: `"500ms"`, `"1s"`, `"1m"`, `"1h"`.
@@ -290,6 +290,8 @@ fn root_prefix() -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct ErrorsConfig {
     pub max_body_bytes: usize,
+    /// The form an error takes when the client's `Accept` does not decide.
+    pub format: ErrorFormat,
     /// `[errors.by_status.404] type = "...", code = "..."`
     pub by_status: BTreeMap<String, StatusOverride>,
 }
@@ -298,6 +300,7 @@ impl Default for ErrorsConfig {
     fn default() -> Self {
         ErrorsConfig {
             max_body_bytes: 65536,
+            format: ErrorFormat::Envelope,
             by_status: BTreeMap::new(),
         }
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::client::ClientIpResolver;
-use crate::errors::ErrorTable;
+use crate::errors::{ErrorFormat, ErrorTable};
 use crate::rate_limit::RateLimitSettings;
 use crate::routes::RouteSpec;
 
@@ -108,6 +108,9 @@ pub struct ErrorSettings {
     /// Most bytes of an upstream error body read (and decoded) for the
     /// envelope.
     pub max_body_bytes: usize,
+    /// The form of an error body when the client's `Accept` does not
+    /// decide (and for answers made before a request is parsed).
+    pub format: ErrorFormat,
 }
 
 impl Config {

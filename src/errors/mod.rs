@@ -8,12 +8,15 @@
 //!   losing nothing (unused fields go to `details`).
 //! - [`decode`]: `Content-Encoding` undone within a byte bound.
 //! - [`collect`]: an upstream error body gathered up to that bound.
+//! - [`problem`]: the envelope or RFC 9457 problem details, written from
+//!   one view of the error, and the choice by `Accept`.
 //! - [`json`]: the JSON writing the envelope and the access log share.
 
 pub mod collect;
 pub mod decode;
 pub mod json;
 pub mod normalize;
+pub mod problem;
 pub mod table;
 
 use std::borrow::Cow;
@@ -23,6 +26,7 @@ use serde_json::Value;
 
 pub use collect::CollectedError;
 pub use normalize::{normalize, Normalized, Source, UpstreamError};
+pub use problem::{negotiate, Details, ErrorFormat, ErrorView};
 pub use table::{reason_phrase, ErrorClass, ErrorTable, StatusOverride};
 
 /// The canonical envelope, `{"error": {...}}`.
@@ -48,19 +52,42 @@ impl Envelope {
     /// a wrapper, which is several times dearer for the same bytes
     /// (`to_json_matches_serde_json` checks they are the same).
     pub fn to_json(&self) -> Vec<u8> {
-        let strings = self.kind.len() + self.code.len() + self.message.len();
-        let mut out = Vec::with_capacity(96 + strings + self.request_id.len());
-        json::write_envelope(
-            &mut out,
-            [&self.kind, &self.code, &self.message, &self.request_id],
-            |out| {
-                // Writing a `Value` into a Vec cannot fail.
-                if serde_json::to_writer(&mut *out, &self.details).is_err() {
-                    out.extend_from_slice(b"null");
-                }
-            },
-        );
+        let mut out = Vec::with_capacity(self.json_len_hint());
+        // The status only matters to the problem form.
+        self.view(0, false).write(ErrorFormat::Envelope, &mut out);
         out
+    }
+
+    /// The body in `format` for a response with `status`;
+    /// `from_upstream_problem` when the upstream answered with a problem
+    /// (its `type`, `title` and `instance` are then in `details`).
+    pub fn to_bytes(
+        &self,
+        status: u16,
+        format: ErrorFormat,
+        from_upstream_problem: bool,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.json_len_hint());
+        self.view(status, from_upstream_problem)
+            .write(format, &mut out);
+        out
+    }
+
+    fn json_len_hint(&self) -> usize {
+        let strings = self.kind.len() + self.code.len() + self.message.len();
+        128 + strings + self.request_id.len()
+    }
+
+    pub fn view(&self, status: u16, from_upstream_problem: bool) -> ErrorView<'_> {
+        ErrorView {
+            status,
+            kind: &self.kind,
+            code: &self.code,
+            message: &self.message,
+            request_id: &self.request_id,
+            details: Details::Value(&self.details),
+            from_upstream_problem,
+        }
     }
 }
 

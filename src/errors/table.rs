@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::json::write_envelope;
+use super::problem::{Details, ErrorFormat, ErrorView};
 
 /// `type`/`code` for one status (`[errors.by_status.NNN]`), overriding
 /// the defaults.
@@ -75,31 +75,31 @@ impl ErrorTable {
         ErrorClass::new(t, c)
     }
 
-    /// The envelope of an error the gateway makes itself, appended to
-    /// `out`: `details` is `{"retry_after":N}` for a 429, `null` otherwise.
-    /// Written straight to bytes (no [`super::Envelope`], no `Value` for the
-    /// details): a 429 is answered this way for every refused request.
+    /// The body of an error the gateway makes itself, in `format`,
+    /// appended to `out`: `details` is `{"retry_after":N}` for a 429,
+    /// `null` otherwise. Written straight to bytes (no [`super::Envelope`],
+    /// no `Value` for the details): a 429 is answered this way for every
+    /// refused request.
     pub fn write_gateway_error(
         &self,
         out: &mut Vec<u8>,
+        format: ErrorFormat,
         status: u16,
         message: &str,
         request_id: &str,
         retry_after: Option<u64>,
     ) {
         let ErrorClass { kind, code } = self.type_and_code(status);
-        write_envelope(
-            out,
-            [&kind, &code, message, request_id],
-            |out| match retry_after {
-                Some(n) => {
-                    out.extend_from_slice(br#"{"retry_after":"#);
-                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                    out.push(b'}');
-                }
-                None => out.extend_from_slice(b"null"),
-            },
-        );
+        let view = ErrorView {
+            status,
+            kind: &kind,
+            code: &code,
+            message,
+            request_id,
+            details: retry_after.map_or(Details::Null, Details::RetryAfter),
+            from_upstream_problem: false,
+        };
+        view.write(format, out);
     }
 }
 
@@ -136,7 +136,14 @@ mod tests {
         ];
         for (status, message, retry_after, details) in cases {
             let mut out = b"kept".to_vec();
-            table.write_gateway_error(&mut out, status, message, RID, retry_after);
+            table.write_gateway_error(
+                &mut out,
+                ErrorFormat::Envelope,
+                status,
+                message,
+                RID,
+                retry_after,
+            );
             assert_eq!(&out[..4], b"kept", "appends");
             let ErrorClass { kind, code } = table.type_and_code(status);
             let expected = Envelope {
@@ -149,7 +156,14 @@ mod tests {
             assert_eq!(out[4..], expected.to_json(), "{status} {message}");
         }
         let mut out = Vec::new();
-        table.write_gateway_error(&mut out, 429, "Too many", RID, Some(3));
+        table.write_gateway_error(
+            &mut out,
+            ErrorFormat::Envelope,
+            429,
+            "Too many",
+            RID,
+            Some(3),
+        );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,

@@ -23,6 +23,7 @@ use super::live::{Live, Reloaded};
 use super::patched;
 use crate::client::RequestId;
 use crate::config::ConfigError;
+use crate::errors::ErrorFormat;
 use crate::http1::{full, read_request};
 use crate::observe::ClientErrorKind;
 
@@ -184,6 +185,7 @@ impl Endpoints {
         let id = RequestId::generate();
         self.live.runtime().errors.write_gateway_error(
             &mut body,
+            ErrorFormat::Envelope,
             status,
             message,
             id.as_str(),

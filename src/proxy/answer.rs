@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, VARY};
 use http::{HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v1::server::{HEAD_TIMEOUT, HEAD_TOO_LARGE};
@@ -16,8 +16,8 @@ use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
 use super::ctx::{Ctx, SentError};
 use super::headers::{insert_own_headers, write_own_fields};
-use super::patched;
-use crate::errors::reason_phrase;
+use super::{patched, request};
+use crate::errors::{reason_phrase, ErrorFormat};
 use crate::observe::{ClientErrorKind, FailureKind};
 use crate::rate_limit::headers::int_value;
 
@@ -220,7 +220,7 @@ impl Prepared {
 /// Everything every gateway answer does besides writing itself: count it
 /// when the client is to blame, make its envelope and header fields, and
 /// keep what it said for the log.
-fn prepare(ctx: &mut Ctx, answer: GatewayAnswer) -> Result<Prepared> {
+fn prepare(ctx: &mut Ctx, answer: GatewayAnswer, format: ErrorFormat) -> Result<Prepared> {
     let GatewayAnswer {
         status,
         message,
@@ -235,6 +235,7 @@ fn prepare(ctx: &mut Ctx, answer: GatewayAnswer) -> Result<Prepared> {
     let mut buf = Vec::with_capacity(512);
     ctx.rt.errors.write_gateway_error(
         &mut buf,
+        format,
         status,
         &message,
         ctx.request_id.as_str(),
@@ -242,7 +243,9 @@ fn prepare(ctx: &mut Ctx, answer: GatewayAnswer) -> Result<Prepared> {
     );
     let body_len = buf.len();
     write_own_fields(&mut buf, ctx);
-    buf.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+    buf.extend_from_slice(b"Vary: Accept\r\nContent-Type: ");
+    buf.extend_from_slice(format.content_type().as_bytes());
+    buf.extend_from_slice(b"\r\nContent-Length: ");
     buf.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     buf.extend_from_slice(b"\r\n");
     ctx.sent = Some(SentError::Gateway { status, message });
@@ -266,7 +269,8 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -
     if answer.close {
         session.set_keepalive(None);
     }
-    let prepared = prepare(ctx, answer)?;
+    let format = request::error_format(session, ctx);
+    let prepared = prepare(ctx, answer, format)?;
     let (code, body, fields) = (prepared.code, prepared.body(), prepared.fields());
     let downstream = &mut session.downstream_session;
     if patched::write_prepared_response(downstream, code, fields, body).await? {
@@ -277,10 +281,14 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, answer: GatewayAnswer) -
     // `headers::add_to_response`). Pingora adds Date.
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = code;
-    insert_own_headers(&mut parts.headers, ctx, 2);
+    insert_own_headers(&mut parts.headers, ctx, 3);
     parts
         .headers
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(VARY, HeaderValue::from_static("Accept"));
+    parts.headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     parts.headers.insert(CONTENT_LENGTH, int_value(body.len()));
     let h = ResponseHeader::from(parts);
     if ctx.head {
@@ -299,7 +307,9 @@ pub async fn send_to_broken_head(
     answer: GatewayAnswer,
 ) -> bool {
     session.set_keepalive(None);
-    let Ok(prepared) = prepare(ctx, answer) else {
+    // Before the request is parsed there is no `Accept` to read.
+    let format = ctx.rt.error_format;
+    let Ok(prepared) = prepare(ctx, answer, format) else {
         return false;
     };
     let (body, fields) = (prepared.body(), prepared.fields());

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use super::runtime::Runtime;
 use crate::client::{ClientKey, RequestId};
-use crate::errors::{CollectedError, Envelope, ErrorClass, ErrorTable, Source};
+use crate::errors::{CollectedError, Envelope, ErrorClass, ErrorFormat, ErrorTable, Source};
 use crate::observe::FailureKind;
 use crate::rate_limit::Decision;
 use crate::routes::{RouteId, DEFAULT_ROUTE};
@@ -35,6 +35,9 @@ pub struct Ctx {
     pub upstream: UpstreamSeen,
     /// An upstream error whose body is being gathered for its envelope.
     pub collecting: Option<Box<CollectedError>>,
+    /// The form of the error body sent for an upstream error (chosen
+    /// with its header).
+    pub error_format: ErrorFormat,
     /// The error the client was told, for the log.
     pub sent: Option<SentError>,
     /// Why the upstream gave no usable answer, when it did not.
@@ -58,6 +61,7 @@ impl Ctx {
             request_body: RequestBody::default(),
             upstream: UpstreamSeen::default(),
             collecting: None,
+            error_format: ErrorFormat::Envelope,
             sent: None,
             failure: None,
             failed_status: None,

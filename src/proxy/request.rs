@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, FORWARDED, TRANSFER_ENCODING};
+use http::header::{ACCEPT, CONTENT_LENGTH, FORWARDED, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
@@ -15,6 +15,7 @@ use super::ctx::Ctx;
 use super::headers::{X_FORWARDED_FOR, X_REQUEST_ID};
 use super::log::{self, RequestLine};
 use crate::client::RequestId;
+use crate::errors::{self, ErrorFormat};
 use crate::rate_limit::{Decision, Outcome, Pending, RequestKeys};
 
 /// Who is asking, for what: request id, client address, route. Starts
@@ -50,6 +51,16 @@ pub fn identify(session: &Session, ctx: &mut Ctx) {
     ctx.head = req.method == Method::HEAD;
     ctx.request_id = RequestId::reuse_or_generate(req.headers.get(&X_REQUEST_ID));
     ctx.route = rt.routes.find(req.method.as_str(), req.uri.path());
+}
+
+/// The form of this request's error bodies: what its `Accept` prefers,
+/// `errors.format` on a tie.
+pub fn error_format(session: &Session, ctx: &Ctx) -> ErrorFormat {
+    let accept = session.req_header().headers.get_all(ACCEPT);
+    errors::negotiate(
+        accept.iter().map(HeaderValue::as_bytes),
+        ctx.rt.error_format,
+    )
 }
 
 /// 400 for an HTTP/1 request whose body framing a server behind the

@@ -2,13 +2,14 @@
 //! and an upstream 4xx/5xx turned into the envelope.
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING, VARY};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
 use super::ctx::{Ctx, NormalizedError, SentError};
-use crate::errors::CollectedError;
+use super::request;
+use crate::errors::{CollectedError, Source};
 
 /// What becomes of an upstream error's body.
 pub enum EnvelopeTiming {
@@ -46,7 +47,9 @@ pub fn begin_envelope(
         resp.remove_header(&name);
     }
     resp.remove_header("content-md5");
-    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    ctx.error_format = request::error_format(session, ctx);
+    resp.insert_header(CONTENT_TYPE, ctx.error_format.content_type())?;
+    vary_on_accept(resp)?;
     let Some(collected) = collected else {
         return Ok(EnvelopeTiming::AtEndOfBody);
     };
@@ -60,6 +63,21 @@ pub fn begin_envelope(
         resp.insert_header(TRANSFER_ENCODING, "chunked")?;
     }
     Ok(EnvelopeTiming::AtEndOfBody)
+}
+
+/// Add `Accept` to the upstream's `Vary` (the error's form follows it),
+/// unless it is already there or the upstream varies on everything.
+fn vary_on_accept(resp: &mut ResponseHeader) -> Result<()> {
+    let listed = resp.headers.get_all(VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|token| token == b"*" || token.eq_ignore_ascii_case(b"accept"))
+    });
+    if !listed {
+        resp.append_header(VARY, "Accept")?;
+    }
+    Ok(())
 }
 
 /// Send the header and an envelope that is ready now. Pingora then skips
@@ -106,12 +124,45 @@ pub async fn finish_broken_envelope(session: &mut Session, ctx: &mut Ctx) {
 fn finish_envelope(ctx: &mut Ctx) -> Option<Bytes> {
     let collected = ctx.collecting.take()?;
     let n = collected.normalize(ctx.request_id.as_str(), &ctx.rt.errors);
-    ctx.rt.metrics.normalized(n.source, collected.status());
-    let body = Bytes::from(n.envelope.to_json());
+    let status = collected.status();
+    ctx.rt.metrics.normalized(n.source, status);
+    let from_problem = n.source == Source::Problem;
+    let body = Bytes::from(n.envelope.to_bytes(status, ctx.error_format, from_problem));
     ctx.sent = Some(SentError::Normalized(Box::new(NormalizedError {
         envelope: n.envelope,
         source: n.source,
         upstream_ref: n.upstream_ref,
     })));
     Some(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vary_after(existing: &[&str]) -> Vec<String> {
+        let mut resp = ResponseHeader::build(500, None).unwrap();
+        for v in existing {
+            resp.append_header(VARY, *v).unwrap();
+        }
+        vary_on_accept(&mut resp).unwrap();
+        resp.headers
+            .get_all(VARY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn accept_joins_the_upstreams_vary_once() {
+        assert_eq!(vary_after(&[]), ["Accept"]);
+        assert_eq!(vary_after(&["Origin"]), ["Origin", "Accept"]);
+        assert_eq!(vary_after(&["Origin, accept"]), ["Origin, accept"]);
+        assert_eq!(vary_after(&["Origin", "ACCEPT"]), ["Origin", "ACCEPT"]);
+        assert_eq!(vary_after(&["*"]), ["*"]);
+        assert_eq!(
+            vary_after(&["Accept-Encoding"]),
+            ["Accept-Encoding", "Accept"]
+        );
+    }
 }

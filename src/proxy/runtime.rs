@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::client::{ClientIpResolver, Exemptions};
 use crate::config::{Config, UpstreamSettings};
-use crate::errors::ErrorTable;
+use crate::errors::{ErrorFormat, ErrorTable};
 use crate::observe::{Metrics, RouteMetrics};
 use crate::rate_limit::headers::Renderer;
 use crate::rate_limit::{rule_names, Limiter};
@@ -23,6 +23,8 @@ pub struct Runtime {
     pub shadowed: Vec<prometheus::IntCounter>,
     pub rate_limit_headers: Renderer,
     pub errors: ErrorTable,
+    /// `errors.format`: the form of an error body on a tie.
+    pub error_format: ErrorFormat,
     pub max_error_body: usize,
     pub max_request_body: u64,
     /// `server.max_header_bytes`, for the 431's message.
@@ -73,6 +75,7 @@ impl Runtime {
             rate_limit_headers: Renderer::new(cfg.rate_limit.headers, limiter.rules()),
             limiter,
             errors: cfg.errors.table.clone(),
+            error_format: cfg.errors.format,
             max_error_body: cfg.errors.max_body_bytes,
             max_request_body: cfg.server.max_request_body_bytes,
             max_header_bytes: cfg.server.max_header_bytes,

@@ -9,6 +9,7 @@ mod deploy;
 mod errors;
 mod lifecycle;
 mod metrics;
+mod problem;
 mod proxy;
 mod rate_limit;
 mod redis;
