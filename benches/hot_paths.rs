@@ -16,6 +16,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tollgate::client::KeyHasher;
 use tollgate::client::{ClientIpResolver, ClientKey};
+use tollgate::errors::items::HeldBody;
 use tollgate::errors::{normalize, ErrorTable, UpstreamError};
 use tollgate::rate_limit::headers::{self as rate_limit_headers, HeaderStyle};
 use tollgate::rate_limit::{LocalLimiter, RequestKeys, RuleKey, RuleMode, RuleSpec};
@@ -120,6 +121,61 @@ fn bench_normalizer(c: &mut Criterion) {
                     })
                 });
             }
+        }
+    }
+    g.finish();
+}
+
+/// An OCR page of about `size` bytes: items of which one in ten failed.
+fn ocr_page(size: usize) -> Vec<u8> {
+    let mut items = Vec::new();
+    let mut len = 40;
+    let mut i = 0;
+    while len < size {
+        let item = if i % 10 == 3 {
+            format!(
+                r#"{{"document_id":"d{i}","data":null,"error_code":"INVALID_DOC","error_reason":"multiple people"}}"#
+            )
+        } else {
+            format!(
+                r#"{{"document_id":"d{i}","data":{{"name":"Ann Lee","dob":"1990-01-02"}},"error_code":"","error_reason":""}}"#
+            )
+        };
+        len += item.len() + 1;
+        items.push(item);
+        i += 1;
+    }
+    format!(
+        r#"{{"request_id":"ocr-7","ocr_data":[{}]}}"#,
+        items.join(",")
+    )
+    .into_bytes()
+}
+
+/// Holding and rewriting an opted-in 2xx body (`item_errors`), per size.
+fn bench_item_errors(c: &mut Criterion) {
+    let table = ErrorTable::default();
+    let arrays = ["ocr_data".to_string()];
+    let mut g = c.benchmark_group("item_errors");
+    for size in [1024usize, 16 * 1024, 64 * 1024 - 512] {
+        let page = ocr_page(size);
+        let zipped = gzip(&page);
+        for (enc, body) in [(None, &page), (Some("gzip"), &zipped)] {
+            let name = format!("ocr/{}KB/{}", size.div_ceil(1024), enc.unwrap_or("plain"));
+            let run = || {
+                let mut held = HeldBody::new(enc, 65536);
+                for piece in body.chunks(16 * 1024) {
+                    black_box(held.push(piece));
+                }
+                held.finish(&arrays, "req_x", &table)
+            };
+            report_allocs(&format!("item_errors/{name}"), || {
+                black_box(run());
+            });
+            g.throughput(Throughput::Bytes(page.len() as u64));
+            g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+                b.iter(|| black_box(run()))
+            });
         }
     }
     g.finish();
@@ -280,6 +336,7 @@ fn bench_headers(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_normalizer,
+    bench_item_errors,
     bench_limiter,
     bench_client_ip,
     bench_headers

@@ -15,6 +15,9 @@
 //! | `/echo` | 200 JSON: method, path, the request headers, body length |
 //! | `/reset?status=N` | status N, `Content-Length: 100`, 10 bytes, then close |
 //! | `/garbage` | bytes that are not HTTP |
+//! | `/v1/ocr[?gzip=1&chunked=1&pad=N]` | 200 with `ocr_data` items, one failed (`INVALID_DOC`), empty strings for success; `pad` adds an N-byte member |
+//! | `/v1/ocr/not-array` | 200 whose `ocr_data` is an object, not an array |
+//! | `/v1/address/match` | 200 with `match_data` items, one failed (`"422"`), `null` for success |
 //! | `/stats` | `{"requests": N, "connections": M}`: complete requests received before this one, connections accepted (this one included) |
 //! | anything else | 200 `{"ok":true,...}` |
 
@@ -108,6 +111,41 @@ async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool>
         return error_dialect(stream, dialect, status).await;
     }
     let out = match req.path.as_str() {
+        "/v1/ocr" => {
+            let pad = "x".repeat(req.param_u64("pad", 0) as usize);
+            let body = format!(
+                r#"{{"request_id":"ocr-7","ocr_data":[{{"document_id":"d1","data":{{"name":"Ann Lee","dob":"1990-01-02"}},"error_code":"","error_reason":""}},{{"document_id":"d2","data":null,"error_code":"INVALID_DOC","error_reason":"multiple people"}},{{"document_id":"d3","data":{{"name":"Bo Chen","dob":"1985-07-30"}},"error_code":"","error_reason":""}}],"pad":"{pad}"}}"#
+            );
+            let body = if req.param("gzip") == Some("1") {
+                gzip(body.as_bytes())
+            } else {
+                body.into_bytes()
+            };
+            let encoding = req.param("gzip").map(|_| ("content-encoding", "gzip".to_string()));
+            if req.param("chunked") == Some("1") {
+                let mut out = head(
+                    200,
+                    &[
+                        ("content-type", json.into()),
+                        ("transfer-encoding", "chunked".into()),
+                    ]
+                    .into_iter()
+                    .chain(encoding)
+                    .collect::<Vec<_>>(),
+                );
+                for piece in body.chunks(61) {
+                    out.extend_from_slice(format!("{:X}\r\n", piece.len()).as_bytes());
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                out
+            } else {
+                full(200, json, &encoding.into_iter().collect::<Vec<_>>(), &body)
+            }
+        }
+        "/v1/ocr/not-array" => full(200, json, &[], br#"{"ocr_data":{"error_code":"INVALID_DOC"}}"#),
+        "/v1/address/match" => full(200, json, &[], br#"{"match_data":[{"index":0,"address":"1 Main St","similarity_score":0.97,"error_code":null,"error_message":null},{"index":1,"address":"","similarity_score":null,"error_code":"422","error_message":"Unprocessable Entity: the address has no street"}],"count":2}"#),
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(req.param_u64("ms", 1000))).await;
             full(200, json, &[], br#"{"ok":true,"slow":true}"#)

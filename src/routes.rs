@@ -37,6 +37,9 @@ pub struct RouteSpec {
     /// The `route` label; never `default`, which is the unmatched route.
     pub name: String,
     pub applies_to: RequestMatcher,
+    /// Top-level members of a 2xx JSON body whose items' errors are
+    /// rewritten (`item_errors`); empty: the body streams untouched.
+    pub item_errors: Vec<String>,
 }
 
 /// A route's index in [`RouteTable::names`].
@@ -49,6 +52,8 @@ pub const DEFAULT_ROUTE: RouteId = 0;
 pub struct RouteTable {
     names: Vec<String>,
     matchers: Vec<RequestMatcher>,
+    /// Per route, as `names`.
+    item_errors: Vec<Vec<String>>,
 }
 
 impl RouteTable {
@@ -58,7 +63,19 @@ impl RouteTable {
             .chain(routes.iter().map(|r| r.name.clone()))
             .collect();
         let matchers = routes.iter().map(|r| r.applies_to.clone()).collect();
-        RouteTable { names, matchers }
+        let item_errors = std::iter::once(Vec::new())
+            .chain(routes.iter().map(|r| r.item_errors.clone()))
+            .collect();
+        RouteTable {
+            names,
+            matchers,
+            item_errors,
+        }
+    }
+
+    /// The arrays whose items' errors a route rewrites (none for most).
+    pub fn item_errors(&self, route: RouteId) -> &[String] {
+        self.item_errors.get(route).map_or(&[], Vec::as_slice)
     }
 
     /// Route names; index 0 is `default`.
@@ -98,10 +115,13 @@ mod tests {
         let route = |name: &str, prefix, methods| RouteSpec {
             name: name.into(),
             applies_to: RequestMatcher::new(prefix, methods),
+            item_errors: vec![name.to_string()],
         };
         let t = RouteTable::new(&[route("api", "/v1", &[]), route("ocr", "/v1/ocr", &["POST"])]);
         assert_eq!(t.names()[t.find("POST", "/v1/ocr/scan")], "ocr");
         assert_eq!(t.names()[t.find("GET", "/v1/ocr/scan")], "api");
         assert_eq!(t.names()[t.find("GET", "/health")], "default");
+        assert_eq!(t.item_errors(t.find("POST", "/v1/ocr/x")), ["ocr"]);
+        assert!(t.item_errors(DEFAULT_ROUTE).is_empty());
     }
 }

@@ -78,3 +78,124 @@ proptest! {
         prop_assert!(p["type"].is_string() && p["title"].is_string());
     }
 }
+
+/// Any JSON value, a few levels deep.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// An item: any value, or an object that may carry the error members.
+fn item() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let code = prop_oneof![
+        Just(None),
+        Just(Some(Value::Null)),
+        Just(Some(Value::from(""))),
+        Just(Some(Value::from("INVALID_DOC"))),
+        Just(Some(Value::from("422"))),
+        (0u64..1000).prop_map(|n| Some(Value::from(n))),
+        json_value().prop_map(Some),
+    ];
+    let message = prop_oneof![Just(None), json_value().prop_map(Some)];
+    prop_oneof![
+        json_value(),
+        (
+            code,
+            message.clone(),
+            message,
+            proptest::collection::btree_map("[a-z]{1,8}", json_value(), 0..3)
+        )
+            .prop_map(|(code, error_message, error_reason, rest)| {
+                let mut m: serde_json::Map<String, Value> = rest.into_iter().collect();
+                for (k, v) in [
+                    ("error_code", code),
+                    ("error_message", error_message),
+                    ("error_reason", error_reason),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.to_string(), v);
+                    }
+                }
+                Value::Object(m)
+            }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Arbitrary bytes never panic the item rewrite.
+    #[test]
+    fn item_rewrite_takes_any_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let arrays = ["items".to_string()];
+        let _ = tollgate::errors::items::check(&body, &arrays, "req_prop", &ErrorTable::default());
+    }
+
+    /// Arbitrary bodies with arbitrary item arrays: valid JSON out, an item
+    /// that has not failed is never changed, a failed one has exactly one
+    /// canonical error instead of its error members, the rest is kept.
+    #[test]
+    fn item_rewrite_keeps_what_has_not_failed(
+        items in proptest::collection::vec(item(), 0..8),
+        other in json_value(),
+    ) {
+        use serde_json::Value;
+        let bytes = serde_json::to_vec(&serde_json::json!({"items": items, "other": other})).unwrap();
+        // Both sides as parsed from bytes (serde_json may read a float one
+        // ulp off; the rewrite itself copies the bytes).
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let items = body["items"].as_array().unwrap().clone();
+        let arrays = ["items".to_string()];
+        let checked = tollgate::errors::items::check(&bytes, &arrays, "req_prop", &ErrorTable::default())
+            .expect("an object with an array is checked");
+        let out: Value = serde_json::from_slice(&checked.body).expect("valid JSON");
+        prop_assert_eq!(&out["other"], &body["other"]);
+        let out_items = out["items"].as_array().unwrap();
+        prop_assert_eq!(out_items.len(), items.len());
+        let mut failed = 0;
+        for (before, after) in items.iter().zip(out_items) {
+            let code = before.get("error_code");
+            let has_failed = before.is_object() && match code {
+                None | Some(Value::Null) => false,
+                Some(Value::String(s)) => !s.trim().is_empty(),
+                Some(_) => true,
+            };
+            if !has_failed {
+                prop_assert_eq!(after, before);
+                continue;
+            }
+            failed += 1;
+            let error = after["error"].as_object().expect("an error object");
+            prop_assert_eq!(error.len(), 5);
+            for k in ["type", "code", "message", "request_id"] {
+                prop_assert!(error[k].is_string(), "{} in {}", k, after);
+            }
+            prop_assert_eq!(&error["request_id"], "req_prop");
+            for k in ["error_code", "error_message", "error_reason"] {
+                prop_assert!(after.get(k).is_none(), "{} left in {}", k, after);
+            }
+            for (k, v) in before.as_object().unwrap() {
+                if !["error_code", "error_message", "error_reason", "error"].contains(&k.as_str()) {
+                    prop_assert_eq!(&after[k], v, "member {} kept", k);
+                }
+            }
+        }
+        prop_assert_eq!(checked.failed, failed);
+    }
+}

@@ -164,11 +164,15 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
         check_prefix(&r.path_prefix, &key("path_prefix"), at)?;
         check_methods(&r.methods, &key("methods"), at)?;
         if let Some(items) = &r.item_errors {
-            return Err(at(
-                Some(items.span()),
-                &key("item_errors"),
-                "per-item error normalization is not available in this build yet".into(),
-            ));
+            let names = items.get_ref();
+            let mut seen = HashSet::new();
+            if names.is_empty() || names.iter().any(|n| n.is_empty() || !seen.insert(n)) {
+                return Err(at(
+                    Some(items.span()),
+                    &key("item_errors"),
+                    "must list the top-level members holding item arrays: non-empty, distinct names".into(),
+                ));
+            }
         }
     }
     let mut status_overrides = BTreeMap::new();
@@ -232,6 +236,10 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             .map(|r| RouteSpec {
                 name: r.name.get_ref().clone(),
                 applies_to: matcher(&r.path_prefix, &r.methods),
+                item_errors: r
+                    .item_errors
+                    .as_ref()
+                    .map_or_else(Vec::new, |i| i.get_ref().clone()),
             })
             .collect(),
         log_all_requests: file.log.all_requests,

@@ -188,3 +188,29 @@ fn rule_keys_parse_and_header_keys_on_redis_need_a_secret() {
     let c = parse(&with_secret).unwrap();
     assert_eq!(c.rate_limit.limiter.key_secret.as_deref(), Some("s3cret"));
 }
+
+#[test]
+fn item_errors_and_the_error_format_parse_and_are_checked() {
+    let base = "[upstream]\naddress = \"127.0.0.1:3000\"\n";
+    let c = parse(&format!(
+        "{base}[errors]\nformat = \"problem\"\n[[routes]]\nname = \"ocr\"\npath_prefix = \"/v1/ocr\"\nitem_errors = [\"ocr_data\", \"more\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.errors.format, crate::errors::ErrorFormat::Problem);
+    assert_eq!(c.routes[0].item_errors, ["ocr_data", "more"]);
+    assert_eq!(
+        parse(base).unwrap().errors.format,
+        crate::errors::ErrorFormat::Envelope
+    );
+    for bad in ["[]", "[\"\"]", "[\"a\", \"a\"]"] {
+        let e = parse(&format!(
+            "{base}[[routes]]\nname = \"ocr\"\npath_prefix = \"/v1/ocr\"\nitem_errors = {bad}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "routes[0].item_errors", "{bad}: {e}");
+        assert_eq!(e.line, 6, "{bad}: {e}");
+    }
+    let e = parse(&format!("{base}[errors]\nformat = \"xml\"\n")).unwrap_err();
+    assert_eq!(e.key, "errors.format", "{e}");
+    assert_eq!(e.line, 4, "{e}");
+}

@@ -7,8 +7,20 @@
 /// `{"error":{"type":…,"code":…,"message":…,"request_id":…,"details":…}}`
 /// from the four strings in that order, `details` written by the caller.
 pub fn write_envelope(out: &mut Vec<u8>, strings: [&str; 4], details: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(br#"{"error":"#);
+    write_error_object(out, strings, details);
+    out.push(b'}');
+}
+
+/// The envelope's inner object, `{"type":…,"code":…,"message":…,
+/// "request_id":…,"details":…}`: also a failed item's `error` member.
+pub fn write_error_object(
+    out: &mut Vec<u8>,
+    strings: [&str; 4],
+    details: impl FnOnce(&mut Vec<u8>),
+) {
     let [kind, code, message, request_id] = strings;
-    out.extend_from_slice(br#"{"error":{"type":"#);
+    out.extend_from_slice(br#"{"type":"#);
     push_json_str(out, kind);
     out.extend_from_slice(br#","code":"#);
     push_json_str(out, code);
@@ -18,7 +30,7 @@ pub fn write_envelope(out: &mut Vec<u8>, strings: [&str; 4], details: impl FnOnc
     push_json_str(out, request_id);
     out.extend_from_slice(br#","details":"#);
     details(out);
-    out.extend_from_slice(b"}}");
+    out.push(b'}');
 }
 
 /// `s` as a JSON string: one copy when nothing in it needs escaping,

@@ -14,6 +14,7 @@
 
 pub mod collect;
 pub mod decode;
+pub mod items;
 pub mod json;
 pub mod normalize;
 pub mod problem;

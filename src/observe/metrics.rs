@@ -94,6 +94,8 @@ pub struct RouteMetrics {
     pub name: String,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
+    /// `tollgate_item_errors_total{route}`, for a route with `item_errors`.
+    pub item_errors: Option<IntCounter>,
     requests: IntCounterVec,
     /// `tollgate_requests_total{route, status}` for status 100..=599.
     by_status: Box<[OnceLock<IntCounter>]>,
@@ -131,6 +133,7 @@ pub struct Metrics {
     pub rate_limit_exempt: IntCounter,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
+    item_errors: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -247,6 +250,12 @@ impl Metrics {
             "tollgate_rate_limit_exempt_total",
             "Requests from clients in rate_limit.exempt, which no rule limits.",
         );
+        let item_errors = counter(
+            &reg,
+            "tollgate_item_errors_total",
+            "Failed items rewritten inside 2xx bodies, by route (routes with item_errors).",
+            &["route"],
+        );
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "tollgate_build_info",
@@ -298,12 +307,16 @@ impl Metrics {
             rate_limit_exempt,
             request_duration,
             upstream_duration,
+            item_errors,
         }
     }
 
     /// Handles for one route (call once per route at startup).
-    pub fn route(&self, name: &str) -> RouteMetrics {
+    /// Handles for one route; its item-error counter is exported (at zero)
+    /// only when the route rewrites items.
+    pub fn route(&self, name: &str, rewrites_items: bool) -> RouteMetrics {
         RouteMetrics {
+            item_errors: rewrites_items.then(|| self.item_errors.with_label_values(&[name])),
             name: name.to_string(),
             request_duration: self.request_duration.with_label_values(&[name]),
             upstream_duration: self.upstream_duration.with_label_values(&[name]),

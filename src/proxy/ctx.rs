@@ -10,6 +10,7 @@ use bytes::BytesMut;
 
 use super::runtime::Runtime;
 use crate::client::{ClientKey, RequestId};
+use crate::errors::items::HeldBody;
 use crate::errors::{CollectedError, Envelope, ErrorClass, ErrorFormat, ErrorTable, Source};
 use crate::observe::FailureKind;
 use crate::rate_limit::Decision;
@@ -35,6 +36,8 @@ pub struct Ctx {
     pub upstream: UpstreamSeen,
     /// An upstream error whose body is being gathered for its envelope.
     pub collecting: Option<Box<CollectedError>>,
+    /// A 2xx body held for its items' errors (routes with `item_errors`).
+    pub items: Option<Box<HeldBody>>,
     /// The form of the error body sent for an upstream error (chosen
     /// with its header).
     pub error_format: ErrorFormat,
@@ -61,6 +64,7 @@ impl Ctx {
             request_body: RequestBody::default(),
             upstream: UpstreamSeen::default(),
             collecting: None,
+            items: None,
             error_format: ErrorFormat::Envelope,
             sent: None,
             failure: None,

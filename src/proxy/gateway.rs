@@ -114,7 +114,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// The response header leaves: tollgate's headers on every final
-    /// answer; an error's header readied for its envelope.
+    /// answer; an error's header readied for its envelope; a 2xx header
+    /// held on a route that rewrites items' errors.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -127,6 +128,7 @@ impl ProxyHttp for Gateway {
         }
         headers::add_to_response(resp, ctx)?;
         if status < 400 {
+            response::hold_for_items(session, resp, ctx);
             return Ok(());
         }
         match response::begin_envelope(session, resp, ctx)? {
@@ -138,15 +140,17 @@ impl ProxyHttp for Gateway {
     }
 
     /// Each piece of the response body: an error's is gathered and
-    /// replaced by its envelope at the end; others pass untouched.
+    /// replaced by its envelope at the end; a held 2xx body has its items'
+    /// errors rewritten at the end; others pass untouched.
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         response::gather_error_body(ctx, body, end_of_stream);
+        response::gather_item_body(session, ctx, body, end_of_stream);
         Ok(None)
     }
 

@@ -16,6 +16,8 @@ use crate::client;
 /// Header names tollgate adds, parsed at compile time.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Failed items in a 2xx body (routes with `item_errors`).
+pub static X_ITEM_ERRORS: HeaderName = HeaderName::from_static("x-item-errors");
 
 /// tollgate's own response headers, `X-Request-Id` then the rate-limit
 /// headers, handed to `out` with pre-parsed names. Every answer's header

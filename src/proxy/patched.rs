@@ -4,9 +4,10 @@
 //! Pingora means rewriting this file only.
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v2::server::DOWNSTREAM_H2_ABUSE;
 use pingora::protocols::http::ServerSession;
+use pingora::proxy::Session;
 use pingora::services::listening::DOWNSTREAM_HANDSHAKE_FAILURES;
 use pingora::Result;
 
@@ -53,4 +54,23 @@ pub fn insert_request_header(
     value: HeaderValue,
 ) -> Result<()> {
     request.insert_parsed_header(name, wire, value)
+}
+
+/// Hold back the final response header being filtered (`response_filter`)
+/// until [`release_response_header`]; meanwhile the body filter keeps every
+/// body piece. Patch 11: Pingora sends the header before any body hook
+/// runs.
+pub fn hold_response_header(session: &mut Session) {
+    session.hold_response_header();
+}
+
+/// The held header, to change before it leaves. Patch 11.
+pub fn held_response_header(session: &mut Session) -> Option<&mut ResponseHeader> {
+    session.held_response_header_mut()
+}
+
+/// Send the held header ahead of the body piece now being filtered.
+/// Patch 11.
+pub fn release_response_header(session: &mut Session) {
+    session.release_response_header();
 }

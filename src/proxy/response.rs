@@ -8,7 +8,9 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::ctx::{Ctx, NormalizedError, SentError};
-use super::request;
+use super::headers::X_ITEM_ERRORS;
+use super::{patched, request};
+use crate::errors::items::{is_json_media_type, Finished, HeldBody, Hold};
 use crate::errors::{CollectedError, Source};
 
 /// What becomes of an upstream error's body.
@@ -102,6 +104,82 @@ pub fn gather_error_body(ctx: &mut Ctx, body: &mut Option<Bytes>, end_of_stream:
     if end_of_stream {
         *body = finish_envelope(ctx);
     }
+}
+
+/// Hold a 2xx JSON body for its items' errors, on a route with
+/// `item_errors`: its header waits for the body (patch 11). Every other
+/// response streams untouched.
+pub fn hold_for_items(session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+    let status = resp.status.as_u16();
+    if ctx.rt.routes.item_errors(ctx.route).is_empty()
+        || !(200..300).contains(&status)
+        || matches!(status, 204 | 205)
+        || ctx.head
+    {
+        return;
+    }
+    let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
+    let declared_empty = header(CONTENT_LENGTH).is_some_and(|v| v.trim() == "0");
+    if declared_empty || !header(CONTENT_TYPE).is_some_and(is_json_media_type) {
+        return;
+    }
+    let held = HeldBody::new(header(CONTENT_ENCODING), ctx.rt.max_error_body);
+    ctx.items = Some(Box::new(held));
+    patched::hold_response_header(session);
+}
+
+/// Keep a piece of a held 2xx body; at its end, send the body with its
+/// failed items rewritten and its header set for it. Past
+/// `errors.max_body_bytes` what was held goes out and the rest streams.
+pub fn gather_item_body(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) {
+    let Some(held) = ctx.items.as_mut() else {
+        return;
+    };
+    if let Some(piece) = body.take() {
+        if let Hold::GiveBack(bytes) = held.push(&piece) {
+            ctx.items = None;
+            *body = Some(bytes.into());
+            patched::release_response_header(session);
+            return;
+        }
+    }
+    if !end_of_stream {
+        return;
+    }
+    let Some(held) = ctx.items.take() else {
+        return;
+    };
+    let arrays = ctx.rt.routes.item_errors(ctx.route);
+    match held.finish(arrays, ctx.request_id.as_str(), &ctx.rt.errors) {
+        Finished::Checked(checked) => {
+            if let Some(counter) = &ctx.rt.route_metrics[ctx.route].item_errors {
+                counter.inc_by(checked.failed);
+            }
+            if let Some(resp) = patched::held_response_header(session) {
+                set_item_headers(resp, checked.body.len(), checked.failed);
+            }
+            *body = Some(checked.body.into());
+        }
+        Finished::Untouched(bytes) => *body = Some(bytes.into()),
+    }
+    patched::release_response_header(session);
+}
+
+/// The header of a body whose items were checked: its exact length, no
+/// encoding or validators of the upstream's bytes, and the failed count.
+fn set_item_headers(resp: &mut ResponseHeader, len: usize, failed: u64) {
+    for name in [CONTENT_ENCODING, TRANSFER_ENCODING, ETAG] {
+        resp.remove_header(&name);
+    }
+    resp.remove_header("content-md5");
+    // Inserting a length or a number cannot fail.
+    let _ = resp.insert_header(CONTENT_LENGTH, len);
+    let _ = resp.insert_header(X_ITEM_ERRORS.clone(), failed);
 }
 
 /// An upstream error body broke off after its header went out: send the

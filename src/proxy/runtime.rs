@@ -55,7 +55,12 @@ impl Runtime {
 
     fn build(cfg: &Config, metrics: Arc<Metrics>, limiter: Limiter) -> Runtime {
         let routes = RouteTable::new(&cfg.routes);
-        let route_metrics = routes.names().iter().map(|n| metrics.route(n)).collect();
+        let route_metrics = routes
+            .names()
+            .iter()
+            .enumerate()
+            .map(|(id, n)| metrics.route(n, !routes.item_errors(id).is_empty()))
+            .collect();
         let rate_limited = limiter
             .rules()
             .iter()

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod deploy;
 mod errors;
+mod items;
 mod lifecycle;
 mod metrics;
 mod problem;

@@ -616,6 +616,22 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// tollgate patch 11: a final response header the application holds
+    /// back until it has seen the body.
+    held_response_header: HeldResponseHeader,
+}
+
+/// tollgate patch 11: where a held-back response header is.
+#[derive(Default)]
+enum HeldResponseHeader {
+    #[default]
+    None,
+    /// `response_filter` asked to hold the header it is filtering.
+    Requested,
+    /// Held; the body tasks the application emptied are dropped.
+    Held(Box<ResponseHeader>),
+    /// Released: it leaves before the next task.
+    Released(Box<ResponseHeader>),
 }
 
 impl Session {
@@ -643,7 +659,79 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            held_response_header: HeldResponseHeader::None,
         }
+    }
+
+    /// tollgate patch 11: hold back the final response header now in
+    /// `response_filter` (HTTP/1 upstreams) until
+    /// [`Self::release_response_header`]: the application can then change
+    /// it after seeing the body (e.g. set a `Content-Length` for a
+    /// rewritten body). Meanwhile the body filter must empty each body
+    /// piece (keep it). A header that ends the response (no body) is not
+    /// held. Should the body end, or a piece come through, while the
+    /// header is still held, it is released as it is.
+    pub fn hold_response_header(&mut self) {
+        self.held_response_header = HeldResponseHeader::Requested;
+    }
+
+    /// tollgate patch 11: the held header, to change before its release.
+    pub fn held_response_header_mut(&mut self) -> Option<&mut ResponseHeader> {
+        match &mut self.held_response_header {
+            HeldResponseHeader::Held(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// tollgate patch 11: send the held header before the next task.
+    pub fn release_response_header(&mut self) {
+        if let HeldResponseHeader::Held(h) = std::mem::take(&mut self.held_response_header) {
+            self.held_response_header = HeldResponseHeader::Released(h);
+        }
+    }
+
+    /// tollgate patch 11: take the filtered header in if it was asked to be
+    /// held; what goes on in its place is an empty body piece.
+    fn hold_header_task(&mut self, header: Box<ResponseHeader>, end: bool) -> HttpTask {
+        let requested = matches!(self.held_response_header, HeldResponseHeader::Requested);
+        if !requested || end || header.status.is_informational() {
+            if requested && end {
+                self.held_response_header = HeldResponseHeader::None;
+            }
+            return HttpTask::Header(header, end);
+        }
+        self.held_response_header = HeldResponseHeader::Held(header);
+        HttpTask::Body(None, false)
+    }
+
+    /// tollgate patch 11: drop the emptied pieces while the header is held,
+    /// and put it back in front once released (or when the body ends).
+    fn place_held_header(&mut self, tasks: Vec<HttpTask>) -> Vec<HttpTask> {
+        let mut placed = Vec::with_capacity(tasks.len() + 1);
+        for task in tasks {
+            let state = std::mem::take(&mut self.held_response_header);
+            match (state, task) {
+                (HeldResponseHeader::Held(h), HttpTask::Body(data, false))
+                    if data.as_ref().is_none_or(|d| d.is_empty()) =>
+                {
+                    self.held_response_header = HeldResponseHeader::Held(h);
+                }
+                (HeldResponseHeader::Held(h), task @ HttpTask::Failed(_)) => {
+                    // Nothing was sent: the error path answers instead.
+                    self.held_response_header = HeldResponseHeader::Held(h);
+                    placed.push(task);
+                }
+                (HeldResponseHeader::Held(h) | HeldResponseHeader::Released(h), task) => {
+                    placed.push(HttpTask::Header(h, false));
+                    placed.push(task);
+                }
+                (state, task) => {
+                    self.held_response_header = state;
+                    placed.push(task);
+                }
+            }
+        }
+        placed
     }
 
     /// Create a new [Session] from the given [Stream]
@@ -906,6 +994,13 @@ impl Session {
     }
 
     pub async fn write_response_tasks(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
+        // tollgate patch 11
+        if !matches!(self.held_response_header, HeldResponseHeader::None) {
+            tasks = self.place_held_header(tasks);
+            if tasks.is_empty() {
+                return Ok(false);
+            }
+        }
         let mut seen_upgraded = self.downstream_task_seen_upgraded || self.was_upgraded();
         for task in tasks.iter_mut() {
             self.downstream_response_task_filter(task, &mut seen_upgraded)

@@ -960,7 +960,9 @@ where
                     reject_mismatched_h1_upgrade_101(session, &header, "h1_response_filter")
                         .map_err(|e| e.into_in())?;
                 }
-                Ok(HttpTask::Header(header, end))
+                // tollgate patch 11: a header the application holds back
+                // leaves later (`Session::write_response_tasks`).
+                Ok(session.hold_header_task(header, end))
             }
             HttpTask::Body(data, end) => {
                 if track_max_cache_size {
