@@ -17,31 +17,30 @@ cargo build --release --bin tollgate --example bare_proxy >&2
 dir=${CARGO_TARGET_DIR:-target}/release
 start_upstream
 
-# measure NAME PORT PID: both modes, one JSON line each.
+# measure NAME MODE PORT CMD...: start CMD (a proxy listening on PORT),
+# measure MODE ("" or silent), stop it: a fresh process for each mode.
 measure() {
-  wait_port "$2" 600
-  for mode in "" silent; do
-    printf '%s ' "$1"
-    python3 benches/load/idle_conns.py "$2" "$3" "$n" $mode
-  done
+  local name=$1 mode=$2 port=$3; shift 3
+  "$@" 2>/dev/null &
+  local pid=$!
+  pids+=("$pid")
+  wait_port "$port" 600
+  printf '%s ' "$name"
+  python3 benches/load/idle_conns.py "$port" "$pid" "$n" $mode
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
 }
 
-port=$(free_port)
-tollgate_config "$port" 1000000000 1
-"$dir/tollgate" --config "$work/tollgate.toml" 2>/dev/null &
-pids+=($!)
-measure tollgate "$port" $!
-kill "${pids[-1]}"
+for mode in "" silent; do
+  port=$(free_port)
+  tollgate_config "$port" 1000000000 1
+  measure tollgate "$mode" "$port" "$dir/tollgate" --config "$work/tollgate.toml"
 
-port=$(free_port)
-"$dir/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$up_port" 1 timeouts 2>/dev/null &
-pids+=($!)
-measure bare "$port" $!
-kill "${pids[-1]}"
+  port=$(free_port)
+  measure bare "$mode" "$port" "$dir/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$up_port" 1 timeouts
 
-port=$(free_port)
-nginx_proxy_config "$port" 0
-sed -i "s/worker_connections 4096/worker_connections $((2 * n + 1024))/" "$work/proxy.conf"
-nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;" &
-pids+=($!)
-measure nginx "$port" $!
+  port=$(free_port)
+  nginx_proxy_config "$port" 0
+  sed -i "s/worker_connections 4096/worker_connections $((2 * n + 1024))/" "$work/proxy.conf"
+  measure nginx "$mode" "$port" nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;"
+done

@@ -5,7 +5,7 @@ Usage: idle_conns.py PORT PID N [silent]
 Opens N connections to 127.0.0.1:PORT. Each sends one GET with the headers
 a client library sends (Host, User-Agent, Accept, Accept-Encoding), reads
 the whole answer and then stays open and silent; with `silent` they send
-nothing at all. Prints the resident memory (VmRSS) of PID before, with the
+nothing at all. Prints the resident memory (Rss) of PID before, with the
 N connections open (2 s later, after the allocator's purge delay) and the
 growth per connection, as one JSON line.
 """
@@ -23,11 +23,13 @@ REQUEST = (
 
 
 def rss_kib():
-    with open(f"/proc/{pid}/status") as f:
+    # smaps_rollup is exact; VmRSS in /proc/PID/status may lag (per-CPU
+    # counters).
+    with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("Rss:"):
                 return int(line.split()[1])
-    raise SystemExit("no VmRSS")
+    raise SystemExit("no Rss")
 
 
 def answer(s):
@@ -46,13 +48,16 @@ def answer(s):
         rest += s.recv(65536)
 
 
-# Warm up: the proxy's pools and first-use allocations are not per connection.
+# Warm up: the proxy's pools and first-use allocations are not per
+# connection. One request at a time, as below: a concurrent burst would grow
+# the heap first and flatter the figure.
 for _ in range(3):
-    warm = [socket.create_connection(("127.0.0.1", port)) for _ in range(min(n, 200))]
-    for s in warm:
+    warm = []
+    for _ in range(min(n, 200)):
+        s = socket.create_connection(("127.0.0.1", port))
         s.sendall(REQUEST)
-    for s in warm:
         answer(s)
+        warm.append(s)
     for s in warm:
         s.close()
 time.sleep(2)

@@ -9,6 +9,7 @@ mod deploy;
 mod errors;
 mod items;
 mod lifecycle;
+mod memory;
 mod metrics;
 mod problem;
 mod proxy;

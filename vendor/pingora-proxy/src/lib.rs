@@ -45,6 +45,7 @@ use once_cell::sync::Lazy;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::fmt::Debug;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::str;
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
@@ -1665,13 +1666,11 @@ where
 {
     async fn serve_http_request(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {
@@ -1698,8 +1697,22 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // tollgate patch 12: the request's state is boxed once its head has
+        // arrived, so an idle keep-alive connection does not hold it while
+        // waiting for the next head.
+        box_in_place(|| self.process_request(session, ctx)).await
     }
+}
+
+/// tollgate patch 12: a future made straight into its box. `Box::pin(f())`
+/// makes the future on the stack and copies all of its size (the largest
+/// state it can reach, ~7.6 KB for `process_request`) into the box, where
+/// only its arguments are set yet.
+fn box_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: `write` has just initialized the box's contents.
+    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 #[async_trait]
@@ -1714,13 +1727,13 @@ where
         session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        self.serve_http_request(session, shutdown).await
+        self.serve_http_request(Box::new(session), shutdown).await
     }
 
     // tollgate patch (vendor/PATCHES.md, 2): no box per request.
     fn process_new_http_unboxed<'a>(
         self: &'a Arc<Self>,
-        session: HttpSession,
+        session: Box<HttpSession>,
         shutdown: &'a ShutdownWatch,
     ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a
     where

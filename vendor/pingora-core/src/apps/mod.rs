@@ -244,15 +244,18 @@ pub trait HttpServerApp {
     /// memcpy of ~15 KB for the proxy); this form is built in place inside the
     /// connection's future, which is boxed once per connection. The default
     /// falls back to the boxed form.
+    ///
+    /// tollgate patch 12: the session comes boxed, so that neither this loop's
+    /// state nor the request's keeps a ~700-byte copy of it.
     fn process_new_http_unboxed<'a>(
         self: &'a Arc<Self>,
-        session: ServerSession,
+        session: Box<ServerSession>,
         shutdown: &'a ShutdownWatch,
     ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
     where
         Self: Sync + 'a,
     {
-        self.process_new_http(session, shutdown)
+        self.process_new_http(*session, shutdown)
     }
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
@@ -333,7 +336,10 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            // tollgate patch 12: the HTTP/2 handshake and accept loop are
+            // boxed, one box per HTTP/2 connection, so that an HTTP/1
+            // connection's state does not reserve their ~3 KB.
+            let h2_conn = match Box::pin(server::handshake(stream, h2_options)).await {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -347,7 +353,7 @@ where
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
+            Box::pin(server::accept_downstream_sessions(
                 h2_conn,
                 digest,
                 shutdown.clone(),
@@ -364,13 +370,14 @@ where
                             .await;
                     });
                 },
-            )
+            ))
             .await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let mut session = ServerSession::new_http1(stream);
+            // tollgate patch 12: boxed from the start (see the trait method).
+            let mut session = Box::new(ServerSession::new_http1(stream));
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -391,7 +398,7 @@ where
             // tollgate patch: unboxed per-request future (see the trait method).
             let mut result = self.process_new_http_unboxed(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
+                let mut session = Box::new(ServerSession::new_http1(stream));
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

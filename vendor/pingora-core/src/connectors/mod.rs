@@ -360,7 +360,10 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // tollgate patch 12: a new connection's state (TCP connect, a
+            // TLS handshake) is boxed only when one is made, so the future
+            // of every request does not carry its ~8 KB.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }

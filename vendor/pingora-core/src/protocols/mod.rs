@@ -79,6 +79,16 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// tollgate patch 12: wait until a read would find bytes (or the end),
+    /// without reading. `Ready(Ok(false))`: this stream cannot tell, just
+    /// read it (the default).
+    fn poll_read_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        std::task::Poll::Ready(Ok(false))
+    }
 }
 
 use std::any::Any;

@@ -750,6 +750,26 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // tollgate patch 12: readiness of the socket, or of bytes already held.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        let raw = match self.stream_mut() {
+            BufferedStream::BufferedRead(reader) if !reader.buffer().is_empty() => {
+                return Poll::Ready(Ok(true));
+            }
+            BufferedStream::BufferedRead(reader) => &reader.get_ref().get_ref().stream,
+            BufferedStream::UnbufferedRead(writer) => &writer.get_ref().stream,
+        };
+        match raw {
+            RawStream::Tcp(s) => s.poll_read_ready(cx).map_ok(|()| true),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx).map_ok(|()| true),
+            RawStream::Virtual(_) => Poll::Ready(Ok(false)),
+        }
+    }
 }
 
 #[async_trait]

@@ -311,6 +311,62 @@ impl HttpSession {
         }
     }
 
+    /// tollgate patch 12: the first bytes of a request head, in a buffer
+    /// allocated only once the stream is readable, under the same timeouts
+    /// as [`Self::read_request_buf`]'s first read. `None`: the client closed,
+    /// broke or stayed idle past the keep-alive timeout, having sent nothing.
+    async fn read_first_bytes(&mut self) -> Result<Option<BytesMut>> {
+        use futures::FutureExt;
+        let keepalive = self.keepalive_timeout.clone();
+        let read_timeout = self.read_timeout;
+        let stream = &mut self.underlying_stream;
+        let first = async move {
+            loop {
+                let readable = std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+                let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+                if !readable {
+                    // The stream cannot tell: wait in the read, as before.
+                    return stream.read_buf(&mut buf).await.map(|n| (n, buf));
+                }
+                // A readiness left from earlier reads may be stale: then this
+                // read finds nothing, clears it, and the wait starts again
+                // without the buffer.
+                if let Some(read) = stream.read_buf(&mut buf).now_or_never() {
+                    return read.map(|n| (n, buf));
+                }
+            }
+        };
+        let read = match keepalive {
+            KeepaliveStatus::Timeout(d) => match timeout(d, first).await {
+                Ok(read) => read,
+                Err(e) => {
+                    debug!("keepalive timeout {d:?} reached, {e}");
+                    return Ok(None);
+                }
+            },
+            KeepaliveStatus::Infinite => first.await,
+            KeepaliveStatus::Off => match read_timeout {
+                Some(t) => match timeout(t, first).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        debug!("read timeout {t:?} reached, {e}");
+                        return Error::e_explain(ReadTimedout, format!("timeout: {t:?}"));
+                    }
+                },
+                None => first.await,
+            },
+        };
+        match read {
+            Ok((0, _)) => {
+                debug!("Client prematurely closed connection with 0 byte sent");
+                Ok(None)
+            }
+            Ok((_, buf)) => Ok(Some(buf)),
+            // Nothing harmful: nothing was read yet.
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
@@ -335,13 +391,18 @@ impl HttpSession {
         // below tries to parse first when we already have pipelined bytes —
         // a pipelined prefix can contain a complete request header, in which
         // case we must NOT issue another stream read (which would block).
-        let mut buf = self
-            .pipelined_prefix
-            .take()
-            .filter(|prefix| !prefix.is_empty())
-            .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
+        let mut buf = match self.pipelined_prefix.take().filter(|p| !p.is_empty()) {
+            Some(prefix) => prefix,
+            // tollgate patch 12: no buffer until the head's first bytes are
+            // there, so an idle keep-alive connection holds none.
+            None => match self.read_first_bytes().await? {
+                Some(first) => first,
+                None => return Ok(None),
+            },
+        };
         let mut already_read = buf.len();
-        let mut skip_next_read = already_read != 0;
+        // Either way there are bytes to parse before the next read.
+        let mut skip_next_read = true;
         let mut detached_suffix = None;
         // tollgate patch (9): a head that needs more than one read has until
         // this deadline, set when the first read leaves it unfinished.
