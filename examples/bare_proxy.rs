@@ -40,6 +40,8 @@ impl ProxyHttp for Bare {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        // Pipelined requests answered in order, as tollgate does.
+        session.downstream_session.set_pipelining_enabled(true);
         if !self.refuse {
             return Ok(false);
         }

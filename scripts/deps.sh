@@ -2,8 +2,8 @@
 # Install what building and testing tollgate needs on Debian, when missing:
 # cmake (Pingora's zlib-ng), curl (h2c test), promtool (metrics test),
 # nginx and openssl (the TLS upstream test), redis-server (the shared backend),
-# wrk (the load harness), slowhttptest and h2load (the attack tests and
-# benches/attack/).
+# wrk and valgrind (the load harness), slowhttptest and h2load (the attack
+# tests and benches/attack/).
 set -euo pipefail
 
 need=()
@@ -19,6 +19,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v slowhttptest >/dev/null || need+=(slowhttptest)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v valgrind >/dev/null || need+=(valgrind)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -13,4 +13,6 @@ cargo test --all-targets
 # its figures are not judged here (docs/performance.md has real ones).
 command -v wrk >/dev/null || { echo "wrk missing" >&2; exit 1; }
 benches/load/run.sh --smoke > /dev/null
+SMOKE=1 benches/load/idle.sh 200 > /dev/null
+SMOKE=1 benches/load/instructions.sh 200 > /dev/null
 echo "load harness smoke: ok"

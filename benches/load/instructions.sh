@@ -3,7 +3,8 @@
 # by valgrind's callgrind: deterministic where the wrk harness is noisy, and
 # it says where tollgate's extra cost goes. User space only (no kernel).
 #
-# Usage: benches/load/instructions.sh [REQUESTS] [PATH] [LIMIT]
+# Usage: [CLIENT=realistic|minimal] [INFLIGHT=one|per-connection|pipelined]
+#        benches/load/instructions.sh [REQUESTS] [PATH] [LIMIT]
 #   defaults 4000 /ok 1000000000; LIMIT is tollgate's per-IP rule: with 1,
 #   every counted request is a 429 answered by tollgate itself, and the
 #   bare proxy answers each with an empty 429 of its own (`refuse`): the
@@ -17,42 +18,75 @@
 # tollgate's access line for each non-2xx, NGINX's error-log line for each
 # limit_req rejection (by default both are off here, as in the harness).
 # Set KEEP_CALLGRIND=DIR to keep the callgrind files there for
-# callgrind_annotate. Needs valgrind (callgrind_annotate), nginx and python3; builds release.
+# callgrind_annotate. SMOKE=1 builds debug (CI runs it so it cannot rot).
+# Needs valgrind (callgrind_annotate), nginx and python3; builds release.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 requests=${1:-4000}
 path=${2:-/ok}
 limit=${3:-1000000000}
+client=${CLIENT:-realistic}
+inflight=${INFLIGHT:-one}
 . benches/load/common.sh
 need valgrind callgrind_annotate callgrind_control nginx python3
-cargo build --release --bin tollgate --example bare_proxy >&2
-dir=${CARGO_TARGET_DIR:-target}/release
+# SMOKE=1 (CI): debug builds, so that the script is run, not judged.
+profile=release; [ -n "${SMOKE:-}" ] && profile=debug
+build=(--release); [ "$profile" = debug ] && build=()
+cargo build "${build[@]}" --bin tollgate --example bare_proxy >&2
+dir=${CARGO_TARGET_DIR:-target}/$profile
+# The unpatched floor (crates.io Pingora, its own workspace and target).
+unpatched_target=${CARGO_TARGET_DIR:-$PWD/target}/bare-unpatched
+cargo build "${build[@]}" --manifest-path benches/load/bare-unpatched/Cargo.toml --target-dir "$unpatched_target" >&2
+unpatched_dir=$unpatched_target/$profile
 
-# Keep-alive client: REQUESTS requests over 4 connections, waits for each answer.
+# Keep-alive client: REQUESTS requests over 4 connections.
+#   CLIENT=realistic (default): the headers a client library sends (Host,
+#     User-Agent, Accept, Accept-Encoding, Connection), as python-requests;
+#   CLIENT=minimal: Host only (the harness's figures before session 9).
+#   INFLIGHT=one (default): one request in flight at a time, the
+#     connections taken in turn; per-connection: one in flight on each of
+#     the 4 at once; pipelined: 4 requests written at once on each.
 cat > "$work/client.py" <<'PY'
 import socket, sys
-port, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, n, path, client, inflight = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
-req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+if client == "minimal":
+    req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+else:
+    req = (f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: python-requests/2.32.3\r\n"
+           "Accept-Encoding: gzip, deflate, br\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n").encode()
+def recv(s):
+    data = s.recv(65536)
+    if not data:
+        raise SystemExit("the proxy closed the connection")
+    return data
 def answer(s, buf):
     while b"\r\n\r\n" not in buf:
-        buf += s.recv(65536)
+        buf += recv(s)
     head, rest = buf.split(b"\r\n\r\n", 1)
     h = head.decode("latin-1").lower()
     if "content-length:" in h:
         n = int(h.split("content-length:")[1].split("\r\n")[0])
         while len(rest) < n:
-            rest += s.recv(65536)
+            rest += recv(s)
         return rest[n:]
-    while not rest.endswith(b"0\r\n\r\n"):
-        rest += s.recv(65536)
-    return b""
+    while b"0\r\n\r\n" not in rest:
+        rest += recv(s)
+    return rest.split(b"0\r\n\r\n", 1)[1]
 bufs = [b""] * len(conns)
-for _ in range(n // len(conns)):
-    for s in conns:
+if inflight == "one":
+    for i in range(n):
+        s = conns[i % len(conns)]
         s.sendall(req)
-    for i, s in enumerate(conns):
-        bufs[i] = answer(s, bufs[i])
+        bufs[i % len(conns)] = answer(s, bufs[i % len(conns)])
+else:
+    depth = 4 if inflight == "pipelined" else 1
+    for _ in range(n // (len(conns) * depth)):
+        for s in conns:
+            s.sendall(req * depth)
+        for i, s in enumerate(conns):
+            for _ in range(depth):
+                bufs[i] = answer(s, bufs[i])
 PY
 
 start_upstream
@@ -64,9 +98,9 @@ count() {
   local pid=$!
   pids+=("$pid")
   wait_port "$port" 600
-  python3 "$work/client.py" "$port" 400 "$path"
+  python3 "$work/client.py" "$port" 400 "$path" "$client" "$inflight"
   callgrind_control -z "$pid" >/dev/null
-  python3 "$work/client.py" "$port" "$requests" "$path"
+  python3 "$work/client.py" "$port" "$requests" "$path" "$client" "$inflight"
   callgrind_control -d "$pid" >/dev/null
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -79,6 +113,8 @@ bare_port=$(free_port)
 bare_refuse=""
 [ "$limit" = 1 ] && bare_refuse=refuse
 count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts} $bare_refuse
+unpatched_port=$(free_port)
+count bare_unpatched "$unpatched_port" -- "$unpatched_dir/bare-unpatched" "127.0.0.1:$unpatched_port" "127.0.0.1:$up_port" 1 $bare_refuse
 tg_port=$(free_port)
 tollgate_config "$tg_port" "$limit" 1
 if [ -n "${LOGGED:-}" ]; then tollgate_log=info; else tollgate_log=error; fi
@@ -93,13 +129,14 @@ count nginx "$nginx_port" -- nginx -p "$work" -c "$work/proxy.conf" -e "$work/pr
 if [ -n "${KEEP_CALLGRIND:-}" ]; then
   mkdir -p "$KEEP_CALLGRIND" && cp "$work"/cg.* "$KEEP_CALLGRIND"/
 fi
-python3 - "$work/totals" "$requests" <<'PY'
+python3 - "$work/totals" "$requests" "$client" "$inflight" <<'PY'
 import sys
 totals = dict(l.split() for l in open(sys.argv[1]))
 n = int(sys.argv[2])
-bare, tg, ngx = (int(totals[k]) / n for k in ("bare", "tollgate", "nginx"))
-print(f"instructions per request: bare Pingora {bare:,.0f}, tollgate {tg:,.0f}, ratio {tg / bare:.2f}; "
-      f"NGINX {ngx:,.0f} (tollgate / NGINX {tg / ngx:.2f})")
+bare, unpatched, tg, ngx = (int(totals[k]) / n for k in ("bare", "bare_unpatched", "tollgate", "nginx"))
+print(f"client {sys.argv[3]}, in flight {sys.argv[4]}: instructions per request: "
+      f"tollgate {tg:,.0f}; bare Pingora unpatched {unpatched:,.0f} (ratio {tg / unpatched:.2f}), "
+      f"patched {bare:,.0f} (ratio {tg / bare:.2f}); NGINX {ngx:,.0f} (ratio {tg / ngx:.2f})")
 PY
 echo "tollgate's own hooks (inclusive instructions over $requests requests):"
 callgrind_annotate --inclusive=yes "$(ls "$work"/cg.tollgate.* | grep -v 'cg.tollgate$' | tail -n 1)" 2>/dev/null \

@@ -49,8 +49,8 @@ impl ProxyHttp for Gateway {
         Ctx::new(self.live.runtime())
     }
 
-    /// The request header is in: identify the client, refuse broken
-    /// framing, ask the limiter, check the declared body size; answer
+    /// The request header is in: identify the client, keep serving a
+    /// pipelined connection, refuse broken framing, ask the limiter, check the declared body size; answer
     /// 400/429/503/413 here, or go on.
     ///
     /// async_trait boxes this future on every request, so it holds no
@@ -58,6 +58,7 @@ impl ProxyHttp for Gateway {
     /// writes of an answer are boxed on their own, only when they happen.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         request::identify(session, ctx);
+        request::allow_pipelining(session);
         if let Some(answer) = request::check_framing(session) {
             Box::pin(answer::send(session, ctx, answer)).await?;
             return Ok(true);

@@ -53,6 +53,14 @@ pub fn identify(session: &Session, ctx: &mut Ctx) {
     ctx.route = rt.routes.find(req.method.as_str(), req.uri.path());
 }
 
+/// Serve HTTP/1.1 requests a client pipelines, in order, one after the
+/// other (RFC 9112 §9.3.2), as NGINX does. Pingora's default answers the
+/// first and closes the connection, dropping the rest. The setting carries
+/// over to the connection's next requests.
+pub fn allow_pipelining(session: &mut Session) {
+    session.downstream_session.set_pipelining_enabled(true);
+}
+
 /// The form of this request's error bodies: what its `Accept` prefers,
 /// `errors.format` on a tie.
 pub fn error_format(session: &Session, ctx: &Ctx) -> ErrorFormat {

@@ -361,6 +361,11 @@ impl Conn {
         self.read_response(false)
     }
 
+    /// Read one more response (after pipelined requests sent with `raw`).
+    pub fn read(&mut self) -> std::io::Result<Response> {
+        self.read_response(false)
+    }
+
     fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
         let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
         let mut head = Vec::new();

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Gateway, Upstream};
+use crate::harness::{envelope, Gateway, Upstream};
 
 #[test]
 fn success_bodies_pass_byte_for_byte() {
@@ -234,4 +234,33 @@ fn upstream_connections_are_reused() {
         "30 sequential requests opened {} upstream connections",
         opened - 1
     );
+}
+
+/// HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests sent back to back in one
+/// write are all answered, in order, and the connection stays open.
+/// Pingora's default answers the first and closes.
+#[test]
+fn pipelined_requests_are_all_answered_in_order() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: t\r\nuser-agent: pipe\r\n\r\n");
+    let burst = [
+        get("/one"),
+        "POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhello".to_string(),
+        get("/errors/flat"),
+        get("/two"),
+    ]
+    .concat();
+    let first = c.raw(burst.as_bytes()).expect("first answer");
+    assert_eq!(first.json()["path"], "/one");
+    let echo = c.read().expect("second answer");
+    assert_eq!(echo.json()["body_len"], 5);
+    let error = c.read().expect("third answer");
+    assert_eq!(error.status, 400);
+    assert_eq!(envelope(&error)["code"], "invalid_doc");
+    let last = c.read().expect("fourth answer");
+    assert_eq!(last.json()["path"], "/two");
+    // Still open for more.
+    assert_eq!(c.request("GET", "/three").status, 200);
 }
