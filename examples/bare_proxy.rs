@@ -11,59 +11,19 @@
 //! request with an empty 429 from `request_filter` (Pingora's own API, one
 //! header): the framework's floor for a response the proxy makes itself.
 
-use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::server::ClientLimits;
 use pingora::server::configuration::{Opt, ServerConf};
 
+#[path = "../benches/load/bare_logic.rs"]
+mod bare_logic;
+use bare_logic::Bare;
+
 /// The same allocator as tollgate's binary.
 #[global_allocator]
 static GLOBAL: tollgate::allocator::Allocator = tollgate::allocator::Allocator;
-
-struct Bare {
-    upstream: String,
-    /// Set the same peer timeouts tollgate sets (for A/B measurements).
-    timeouts: bool,
-    /// Answer every request with an empty 429 instead of proxying.
-    refuse: bool,
-}
-
-#[async_trait]
-impl ProxyHttp for Bare {
-    type CTX = ();
-    fn new_ctx(&self) {}
-
-    /// No response modules, as in tollgate (Pingora's default is a
-    /// compression module set to off, which still costs every request).
-    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
-        // Pipelined requests answered in order, as tollgate does.
-        session.downstream_session.set_pipelining_enabled(true);
-        if !self.refuse {
-            return Ok(false);
-        }
-        let mut h = ResponseHeader::build(429, Some(1))?;
-        h.insert_header("Content-Length", "0")?;
-        session.write_response_header(Box::new(h), true).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
-        if self.timeouts {
-            let o = &mut peer.options;
-            o.connection_timeout = Some(std::time::Duration::from_secs(1));
-            o.total_connection_timeout = Some(std::time::Duration::from_secs(1));
-            o.read_timeout = Some(std::time::Duration::from_secs(30));
-            o.write_timeout = Some(std::time::Duration::from_secs(30));
-            o.idle_timeout = Some(std::time::Duration::from_secs(60));
-        }
-        Ok(Box::new(peer))
-    }
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);

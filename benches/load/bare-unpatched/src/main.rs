@@ -7,11 +7,13 @@
 //! `bare-unpatched LISTEN UPSTREAM [THREADS] [refuse]`: `refuse` answers
 //! every request with an empty 429 from `request_filter`.
 
-use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
-use std::time::Duration;
+
+#[path = "../../bare_logic.rs"]
+mod bare_logic;
+use bare_logic::Bare;
 
 /// The same allocator as tollgate's binary: the same file, so the floor
 /// differs from tollgate by Pingora's patches and tollgate's logic only.
@@ -20,42 +22,6 @@ mod allocator;
 
 #[global_allocator]
 static GLOBAL: allocator::Allocator = allocator::Allocator;
-
-struct Bare {
-    upstream: String,
-    refuse: bool,
-}
-
-#[async_trait]
-impl ProxyHttp for Bare {
-    type CTX = ();
-    fn new_ctx(&self) {}
-
-    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
-        // Pipelined requests answered in order, as tollgate does.
-        session.downstream_session.set_pipelining_enabled(true);
-        if !self.refuse {
-            return Ok(false);
-        }
-        let mut h = ResponseHeader::build(429, Some(1))?;
-        h.insert_header("Content-Length", "0")?;
-        session.write_response_header(Box::new(h), true).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(Duration::from_secs(1));
-        o.total_connection_timeout = Some(Duration::from_secs(1));
-        o.read_timeout = Some(Duration::from_secs(30));
-        o.write_timeout = Some(Duration::from_secs(30));
-        o.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
-    }
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -71,8 +37,12 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, refuse });
+    let bare = Bare {
+        upstream,
+        timeouts: true,
+        refuse,
+    };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);
     proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(proxy);
     server.run_forever();

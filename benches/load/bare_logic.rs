@@ -1,0 +1,52 @@
+//! The bare proxies' whole logic, shared by `examples/bare_proxy.rs`
+//! (patched Pingora, from vendor/) and `benches/load/bare-unpatched`
+//! (crates.io Pingora): nothing but `upstream_peer`, no response modules,
+//! pipelining served as tollgate serves it, optionally tollgate's upstream
+//! timeouts, optionally an empty 429 for every request.
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use std::time::Duration;
+
+pub struct Bare {
+    pub upstream: String,
+    /// Set the same peer timeouts tollgate sets (for A/B measurements).
+    pub timeouts: bool,
+    /// Answer every request with an empty 429 instead of proxying.
+    pub refuse: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    /// No response modules, as in tollgate (Pingora's default is a
+    /// compression module set to off, which still costs every request).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        // Pipelined requests answered in order, as tollgate does.
+        session.downstream_session.set_pipelining_enabled(true);
+        if !self.refuse {
+            return Ok(false);
+        }
+        let mut h = ResponseHeader::build(429, Some(1))?;
+        h.insert_header("Content-Length", "0")?;
+        session.write_response_header(Box::new(h), true).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
+        if self.timeouts {
+            let o = &mut peer.options;
+            o.connection_timeout = Some(Duration::from_secs(1));
+            o.total_connection_timeout = Some(Duration::from_secs(1));
+            o.read_timeout = Some(Duration::from_secs(30));
+            o.write_timeout = Some(Duration::from_secs(30));
+            o.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+}
