@@ -62,6 +62,9 @@ done
 
 . benches/load/common.sh
 need wrk nginx python3
+# What a client library sends besides Host (python-requests' headers); wrk
+# keeps one request in flight per connection.
+client_headers=(-H "User-Agent: python-requests/2.32.3" -H "Accept: */*" -H "Accept-Encoding: gzip, deflate, br")
 
 target_dir=${CARGO_TARGET_DIR:-target}
 if [ "$profile" = release ]; then
@@ -141,7 +144,7 @@ run_case() {
     curl -s -o /dev/null "$url" || true   # spend the one token
   fi
   if [ "$warmup" -gt 0 ]; then
-    $pin_load wrk -t1 -c"$c" -d"${warmup}s" "$url" >/dev/null 2>&1 || true
+    $pin_load wrk -t1 -c"$c" -d"${warmup}s" "${client_headers[@]}" "$url" >/dev/null 2>&1 || true
   fi
   # NGINX's master only supervises: measure its (one) worker.
   local measured=$target_pid
@@ -151,7 +154,7 @@ run_case() {
   local before after accepts_before accepts_after
   accepts_before=$(upstream_accepts)
   before=$(cpu_ticks "$measured")
-  $pin_load wrk -t1 -c"$c" -d"${duration}s" --latency "$url" > "$work/wrk.txt" 2>&1
+  $pin_load wrk -t1 -c"$c" -d"${duration}s" --latency "${client_headers[@]}" "$url" > "$work/wrk.txt" 2>&1
   after=$(cpu_ticks "$measured")
   accepts_after=$(upstream_accepts)
   local rss
