@@ -6,13 +6,13 @@
 //! wants has a free block ready; otherwise it falls to a generic path that,
 //! for a size that is not a power of two, over-allocates and aligns by hand
 //! (a dozen of a proxied request's allocations went that way; figures in
-//! docs/performance.md). Plain `mi_malloc` has no such detour,
+//! docs/performance-history.md). Plain `mi_malloc` has no such detour,
 //! and every block it hands out is aligned to 8 bytes at least (its size
 //! classes are whole words), so alignments up to 8 go there; larger ones,
 //! and any block that ever came back misaligned, take the aligned call.
 //!
 //! mimalloc is built with `no_thp` (Cargo.toml): its arenas asked for
-//! transparent huge pages, which doubled idle RSS (docs/performance.md,
+//! transparent huge pages, which doubled idle RSS (docs/performance-history.md,
 //! "Memory").
 
 use std::alloc::{GlobalAlloc, Layout};

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc, through tollgate's shim (src/allocator.rs): measured faster
 /// than the system allocator for Pingora's per-request allocations
-/// (docs/performance.md).
+/// (docs/performance-history.md).
 #[global_allocator]
 static GLOBAL: tollgate::allocator::Allocator = tollgate::allocator::Allocator;
 

@@ -52,7 +52,7 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 /// with no early exit: the compiler makes each block a handful of SIMD
 /// instructions and reduces the lanes once at the end, where a
 /// short-circuiting `any`, or a fold that walks the tail byte by byte, costs
-/// several instructions per byte (docs/performance.md).
+/// several instructions per byte (docs/performance-history.md).
 fn needs_escape(s: &[u8]) -> bool {
     fn mark(lanes: &mut [u8; 16], block: &[u8]) {
         for (lane, &c) in lanes.iter_mut().zip(block) {

@@ -52,7 +52,7 @@ pub fn enabled() -> bool {
 /// Why not a `tracing` event: tracing-subscriber's JSON formatter checks
 /// each small piece it writes for UTF-8 and escapes strings character by
 /// character, which cost more than the rest of a 429; this writer costs a
-/// tenth of that (docs/performance.md: "The access line cost more than
+/// tenth of that (docs/performance-history.md: "The access line cost more than
 /// the rest of the 429").
 pub fn emit(r: &AccessRecord<'_>) {
     LINE.with(|line| {

@@ -52,7 +52,7 @@ pub fn write_own_fields(out: &mut Vec<u8>, ctx: &Ctx) {
 ///
 /// Pingora keeps a second map with each header name's original case and
 /// parses every inserted name, which made these inserts a large share of a
-/// proxied request's cost (docs/performance.md). So the response drops the
+/// proxied request's cost (docs/performance-history.md). So the response drops the
 /// case map (upstream header names then go out lower-case, as Envoy sends
 /// them; standard ones title-cased) and tollgate's names go in pre-parsed,
 /// after one reservation.

@@ -151,7 +151,7 @@ impl PaddedShard {
 /// Starts loading a client's slot into the cache ahead of its decision.
 ///
 /// At 1M live clients the table is far larger than the caches and a
-/// decision waits ~180 ns for its slot (docs/performance.md); the gateway
+/// decision waits ~180 ns for its slot (docs/performance-history.md); the gateway
 /// calls [`Prefetcher::prefetch`] as soon as it knows the client's address
 /// and decides after its other request work, which hides that wait.
 #[derive(Clone)]
