@@ -50,3 +50,56 @@ impl ProxyHttp for Bare {
         Ok(Box::new(peer))
     }
 }
+
+/// `LISTEN UPSTREAM [THREADS] [FLAG...]` from the command line.
+pub struct Args {
+    pub listen: String,
+    pub upstream: String,
+    pub threads: usize,
+    flags: Vec<String>,
+}
+
+impl Args {
+    pub fn from_command_line() -> Args {
+        let mut args = std::env::args().skip(1);
+        Args {
+            listen: args.next().unwrap_or_else(|| "127.0.0.1:6190".into()),
+            upstream: args.next().unwrap_or_else(|| "127.0.0.1:3000".into()),
+            threads: args.next().and_then(|t| t.parse().ok()).unwrap_or(1),
+            flags: args.collect(),
+        }
+    }
+
+    pub fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+}
+
+/// Serve `bare` with tollgate's server and listener settings (its
+/// threads, no read buffer on client connections); `configure` sets the
+/// rest of the proxy first.
+pub fn serve(
+    args: &Args,
+    bare: Bare,
+    configure: impl FnOnce(&mut pingora::proxy::HttpProxy<Bare>),
+) {
+    use pingora::listeners::{L4BufferSettings, ListenerConfig};
+    use pingora::server::configuration::{Opt, ServerConf};
+    let conf = ServerConf {
+        threads: args.threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);
+    // The same listener setting as tollgate's (src/proxy/server.rs).
+    let listener = ListenerConfig::tcp(&args.listen).l4_buffer(L4BufferSettings::default().read(0));
+    proxy.add_listener(listener);
+    if let Some(logic) = proxy.app_logic_mut() {
+        configure(logic);
+    }
+    server.add_service(proxy);
+    server.run_forever();
+}
