@@ -177,77 +177,27 @@ impl ItemWriter<'_> {
         let Ok(Members(members)) = serde_json::from_str(item.get()) else {
             return false;
         };
-        let value_of = |name: &str| {
-            members
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| serde_json::from_str::<Value>(v.get()).ok())
-        };
-        let messages = MESSAGE_MEMBERS.map(value_of);
-        let message_at = messages
-            .iter()
-            .position(|m| matches!(m, Some(Value::String(s)) if !s.trim().is_empty()));
-        let message = match message_at.and_then(|i| messages[i].as_ref()) {
-            Some(Value::String(s)) => s.clone(),
-            _ => code.as_given.clone(),
-        };
-        // Nothing is lost: a second message, a non-string one, or an
-        // `error` member the item already had goes to `details`.
-        let mut extras = serde_json::Map::new();
-        for (i, (name, value)) in MESSAGE_MEMBERS.iter().zip(messages).enumerate() {
-            match value {
-                _ if Some(i) == message_at => {}
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) if s.trim().is_empty() => {}
-                Some(v) => {
-                    extras.insert((*name).to_string(), v);
-                }
-            }
-        }
-        if let Some(previous) = value_of(ERROR) {
-            extras.insert(ERROR.to_string(), previous);
-        }
-        let ErrorClass {
-            kind,
-            code: code_text,
-        } = match code.status {
-            Some(status) => self.table.type_and_code(status),
-            None => ErrorClass {
-                kind: "item_error".into(),
-                code: code.lowercased.into(),
-            },
-        };
-        let details = match code.status {
-            Some(status) => {
-                let mut d = serde_json::Map::new();
-                d.insert("status".into(), status.into());
-                d.extend(extras);
-                Value::Object(d)
-            }
-            None if extras.is_empty() => Value::Null,
-            None => Value::Object(extras),
-        };
+        let error = self.error_of(code, &members);
         out.push(b'{');
         let mut first = true;
+        let mut error_written = false;
         for (name, value) in &members {
-            let replaced = MESSAGE_MEMBERS.contains(&name.as_ref()) || name == ERROR;
-            if replaced {
+            // The error members go; `error` takes the first code's place.
+            let error_here = name == ERROR_CODE && !error_written;
+            let dropped =
+                name == ERROR_CODE || name == ERROR || MESSAGE_MEMBERS.contains(&name.as_ref());
+            if dropped && !error_here {
                 continue;
             }
             if !first {
                 out.push(b',');
             }
             first = false;
-            if name == ERROR_CODE {
+            if error_here {
                 push_json_str(out, ERROR);
                 out.push(b':');
-                let strings = [&*kind, &*code_text, &message, self.request_id];
-                write_error_object(out, strings, |out| {
-                    // Writing a `Value` into a Vec cannot fail.
-                    if serde_json::to_writer(&mut *out, &details).is_err() {
-                        out.extend_from_slice(b"null");
-                    }
-                });
+                error.write(out);
+                error_written = true;
             } else {
                 push_json_str(out, name);
                 out.push(b':');
@@ -256,6 +206,80 @@ impl ItemWriter<'_> {
         }
         out.push(b'}');
         true
+    }
+
+    /// The canonical error of a failed item, from its code and its
+    /// message members.
+    fn error_of(&self, code: ItemCode, members: &[(Cow<'_, str>, &RawValue)]) -> ItemError<'_> {
+        let value_of = |name: &str| {
+            members
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| serde_json::from_str::<Value>(v.get()).ok())
+        };
+        let mut message = None;
+        // Nothing is lost: a second message, a non-string one, or an
+        // `error` member the item already had goes to `details`.
+        let mut extras = serde_json::Map::new();
+        for name in MESSAGE_MEMBERS {
+            match value_of(name) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.trim().is_empty() => {}
+                Some(Value::String(s)) if message.is_none() => message = Some(s),
+                Some(other) => {
+                    extras.insert(name.to_string(), other);
+                }
+            }
+        }
+        if let Some(previous) = value_of(ERROR) {
+            extras.insert(ERROR.to_string(), previous);
+        }
+        let (class, details) = match code.status {
+            Some(status) => {
+                let mut details = serde_json::Map::new();
+                details.insert("status".into(), status.into());
+                details.extend(extras);
+                (self.table.type_and_code(status), Value::Object(details))
+            }
+            None => {
+                let class = ErrorClass {
+                    kind: "item_error".into(),
+                    code: code.lowercased.into(),
+                };
+                let details = if extras.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(extras)
+                };
+                (class, details)
+            }
+        };
+        ItemError {
+            class,
+            message: message.unwrap_or(code.as_given),
+            request_id: self.request_id,
+            details,
+        }
+    }
+}
+
+/// A failed item's canonical error object.
+struct ItemError<'a> {
+    class: ErrorClass,
+    message: String,
+    request_id: &'a str,
+    details: Value,
+}
+
+impl ItemError<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        let ErrorClass { kind, code } = &self.class;
+        write_error_object(out, [kind, code, &self.message, self.request_id], |out| {
+            // Writing a `Value` into a Vec cannot fail.
+            if serde_json::to_writer(&mut *out, &self.details).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        });
     }
 }
 

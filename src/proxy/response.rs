@@ -157,7 +157,8 @@ pub fn gather_item_body(
     let arrays = ctx.rt.routes.item_errors(ctx.route);
     match held.finish(arrays, ctx.request_id.as_str(), &ctx.rt.errors) {
         Finished::Checked(checked) => {
-            if let Some(counter) = &ctx.rt.route_metrics[ctx.route].item_errors {
+            let route = ctx.rt.route_metrics.get(ctx.route);
+            if let Some(counter) = route.and_then(|r| r.item_errors.as_ref()) {
                 counter.inc_by(checked.failed);
             }
             if let Some(resp) = patched::held_response_header(session) {
