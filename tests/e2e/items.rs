@@ -27,6 +27,11 @@ item_errors = ["items"]
 name = "drip"
 path_prefix = "/drip"
 item_errors = ["items"]
+
+[[routes]]
+name = "reset"
+path_prefix = "/reset"
+item_errors = ["items"]
 "#;
 
 /// The body as the upstream sends it, straight from the upstream.
@@ -225,4 +230,16 @@ fn rewritten_over_h2c() {
         .find_map(|l| l.strip_prefix("x-request-id: "))
         .expect("request id");
     assert_ocr(&v, &upstream_json(&up, "/v1/ocr"), rid);
+}
+
+/// The upstream breaks off while a body is held: nothing has been sent, so
+/// the client gets the gateway's 502 envelope, not half a body.
+#[test]
+fn a_held_body_that_breaks_off_is_a_502_envelope() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", ROUTES);
+    let r = gw.connect().request("GET", "/reset?status=200");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(envelope(&r)["code"], "bad_gateway");
+    assert!(r.header("x-item-errors").is_none());
 }

@@ -330,7 +330,9 @@ impl HttpSession {
                 }
                 // A readiness left from earlier reads may be stale: then this
                 // read finds nothing, clears it, and the wait starts again
-                // without the buffer.
+                // without the buffer. (A read refused by tokio's task budget
+                // does not spin here: the readiness poll above is budgeted
+                // too and yields.)
                 if let Some(read) = stream.read_buf(&mut buf).now_or_never() {
                     return read.map(|n| (n, buf));
                 }
