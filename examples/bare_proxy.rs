@@ -1,6 +1,7 @@
 //! The framework floor for the load harness: a Pingora pass-through proxy
 //! with nothing but `upstream_peer`, built with the same profile and
-//! allocator as tollgate and the same listener and module settings.
+//! allocator as tollgate and the same listener, scheduling (vendor patch 13)
+//! and upstream pool settings.
 //!
 //! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts] [refuse]`
 //!
@@ -30,7 +31,11 @@ fn main() {
         timeouts,
         refuse: args.has("refuse"),
     };
-    serve(&args, bare, |logic| {
+    // tollgate's schedule (vendor patch 13).
+    let tune = |conf: &mut pingora::server::configuration::ServerConf| {
+        conf.runtime_fair_scheduling = true;
+    };
+    serve(&args, bare, tune, |logic| {
         if timeouts {
             let mut options = HttpServerOptions::default();
             options.h1_client_limits = Some(ClientLimits {

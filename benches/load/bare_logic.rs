@@ -76,21 +76,25 @@ impl Args {
 }
 
 /// Serve `bare` with tollgate's server and listener settings (its
-/// threads, no read buffer on client connections); `configure` sets the
-/// rest of the proxy first.
+/// threads, its default upstream pool of 1,024, no read buffer on client
+/// connections); `tune` sets more of the server, `configure` the rest of
+/// the proxy.
 pub fn serve(
     args: &Args,
     bare: Bare,
+    tune: impl FnOnce(&mut pingora::server::configuration::ServerConf),
     configure: impl FnOnce(&mut pingora::proxy::HttpProxy<Bare>),
 ) {
     use pingora::listeners::{L4BufferSettings, ListenerConfig};
     use pingora::server::configuration::{Opt, ServerConf};
-    let conf = ServerConf {
+    let mut conf = ServerConf {
         threads: args.threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
+        upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
+    tune(&mut conf);
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);

@@ -39,6 +39,13 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
     if s.threads == 0 {
         return Err(at(None, "server.threads", "must be at least 1".into()));
     }
+    if file.upstream.keepalive_pool_size == 0 {
+        return Err(at(
+            None,
+            "upstream.keepalive_pool_size",
+            "must be at least 1".into(),
+        ));
+    }
     if s.header_timeout.0.is_zero() {
         let message = "must be longer than zero".into();
         return Err(at(None, "server.header_timeout", message));
@@ -217,6 +224,7 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             keepalive_timeout: server.keepalive_timeout.0,
             max_header_bytes: server.max_header_bytes,
             h2_max_concurrent_streams: server.h2_max_concurrent_streams,
+            upstream_keepalive_pool_size: file.upstream.keepalive_pool_size,
             tls,
         },
         upstream,

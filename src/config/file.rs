@@ -174,6 +174,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: HumanDuration,
     #[serde(default = "default_read_timeout")]
     pub read_timeout: HumanDuration,
+    #[serde(default = "default_keepalive_pool_size")]
+    pub keepalive_pool_size: usize,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -181,6 +183,11 @@ fn default_connect_timeout() -> HumanDuration {
 }
 fn default_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+/// As many idle upstream connections as a 1,000-connection burst leaves:
+/// fewer, and every burst closes the surplus and connects anew.
+fn default_keepalive_pool_size() -> usize {
+    1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -67,6 +67,9 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Streams one HTTP/2 connection may have open at once.
     pub h2_max_concurrent_streams: u32,
+    /// Idle upstream connections kept for reuse (`upstream.keepalive_pool_size`,
+    /// read when the process starts).
+    pub upstream_keepalive_pool_size: usize,
     /// `[server.tls]`, when TLS is terminated.
     pub tls: Option<TlsTermination>,
 }

@@ -9,6 +9,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 fn minimal_file_gets_defaults() {
     let c = parse("[upstream]\naddress = \"127.0.0.1:3000\"\n").unwrap();
     assert_eq!(c.server.threads, 2);
+    assert_eq!(c.server.upstream_keepalive_pool_size, 1024);
     assert_eq!(c.errors.max_body_bytes, 65536);
     assert_eq!(c.rate_limit.limiter.max_keys, 1_000_000);
     assert!(c.rate_limit.limiter.rules.is_empty());
@@ -78,6 +79,14 @@ fn semantic_checks_point_at_the_key() {
     let text = "[upstream]\naddress = \"127.0.0.1:3000\"\n[server]\nthreads = 0\n";
     let e = parse(text).unwrap_err();
     assert_eq!((e.key.as_str(), e.line), ("server.threads", 4), "{e}");
+
+    let text = "[upstream]\naddress = \"127.0.0.1:3000\"\nkeepalive_pool_size = 0\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("upstream.keepalive_pool_size", 3),
+        "{e}"
+    );
 
     let text = "[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\n";
     let e = parse(text).unwrap_err();

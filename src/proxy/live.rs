@@ -142,6 +142,10 @@ impl Live {
                 old.h2_max_concurrent_streams != new.h2_max_concurrent_streams,
             ),
             ("server.upgrade_sock", old.upgrade_sock != new.upgrade_sock),
+            (
+                "upstream.keepalive_pool_size",
+                old.upstream_keepalive_pool_size != new.upstream_keepalive_pool_size,
+            ),
             ("server.tls.listen", tls_listen(old) != tls_listen(new)),
         ];
         keys.into_iter()

@@ -142,6 +142,10 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
         graceful_shutdown_timeout_seconds: Some(1),
         ca_file: cfg.upstream.ca_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
+        // Every ready connection is served before any is served twice
+        // (vendor patch 13; docs/behaviour.md, "Scheduling under load").
+        runtime_fair_scheduling: true,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
         ..ServerConf::default()
     };
     let opt = Opt {

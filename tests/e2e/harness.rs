@@ -507,6 +507,24 @@ pub fn assert_quiet_success(out: &std::process::Output, what: &str) {
 /// Serializes the tests that time requests against a bound and the tests
 /// that load the machine (Prometheus, a Redis Cluster, an upgrade), so a
 /// busy 2-core CI machine cannot push a timed request past its bound.
+/// Raises this process's open-files limit to `wanted` (at most the hard
+/// limit); a gateway started afterwards inherits it.
+pub fn raise_open_files_limit(wanted: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        let wanted = (wanted as libc::rlim_t).min(limit.rlim_max);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

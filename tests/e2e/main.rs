@@ -15,5 +15,6 @@ mod problem;
 mod proxy;
 mod rate_limit;
 mod redis;
+mod scheduling;
 mod tls;
 mod tls_termination;

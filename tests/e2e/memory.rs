@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::harness::{Gateway, Upstream};
+use crate::harness::{raise_open_files_limit, Gateway, Upstream};
 
 const CONNECTIONS: usize = 2000;
 const MAX_KIB_PER_CONNECTION: f64 = 8.0;
@@ -47,26 +47,10 @@ fn one_request(port: u16) -> TcpStream {
     s
 }
 
-fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        let wanted = (3 * CONNECTIONS as libc::rlim_t).min(limit.rlim_max);
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-}
-
 #[test]
 fn idle_keepalive_connections_cost_at_most_8_kib_each() {
     // The gateway inherits the raised limit.
-    raise_open_files_limit();
+    raise_open_files_limit(3 * CONNECTIONS);
     let up = Upstream::start();
     let gw = Gateway::start(up.port, "", "");
     let pid = gw.proc.child.id();

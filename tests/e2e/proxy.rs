@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{envelope, Gateway, Upstream};
+use crate::harness::{envelope, get, Gateway, Upstream};
 
 #[test]
 fn success_bodies_pass_byte_for_byte() {
@@ -263,4 +263,30 @@ fn pipelined_requests_are_all_answered_in_order() {
     assert_eq!(last.json()["path"], "/two");
     // Still open for more.
     assert_eq!(c.request("GET", "/three").status, 200);
+}
+
+/// `upstream.keepalive_pool_size` bounds the idle upstream connections
+/// kept: after 8 requests in flight at once, a pool of 3 keeps 3, so the
+/// next 8 at once open 5 new connections.
+#[test]
+fn the_upstream_pool_keeps_at_most_its_size() {
+    const AT_ONCE: u64 = 8;
+    const POOL: u64 = 3;
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, &format!("keepalive_pool_size = {POOL}"), "");
+    let burst = || {
+        let port = gw.port;
+        let slow: Vec<_> = (0..AT_ONCE)
+            .map(|_| std::thread::spawn(move || get(port, "/slow?ms=400").expect("a slow answer")))
+            .collect();
+        for s in slow {
+            assert_eq!(s.join().expect("a request").status, 200);
+        }
+    };
+    burst();
+    let before = up.connections_seen();
+    burst();
+    // One more for the second `/stats`.
+    let opened = up.connections_seen() - before - 1;
+    assert_eq!(opened, AT_ONCE - POOL, "the second burst opened {opened}");
 }

@@ -26,5 +26,5 @@ fn main() {
         timeouts: true,
         refuse: args.has("refuse"),
     };
-    serve(&args, bare, |_| {});
+    serve(&args, bare, |_| {}, |_| {});
 }

@@ -81,6 +81,13 @@ pub struct ServerConf {
     /// Requires building with `--cfg tokio_unstable`. Ignored when
     /// [`Self::work_stealing`] is disabled.
     pub runtime_enable_alt_timer: bool,
+    /// tollgate patch 13: serve every ready task of a work-stealing service
+    /// runtime before polling for new I/O events, instead of polling every
+    /// 61 tasks, so that under load no connection waits behind others that
+    /// became ready after it. Default `false` (tokio's own schedule).
+    /// [`Self::runtime_enable_alt_timer`] and the runtime metrics options are
+    /// ignored when this is on.
+    pub runtime_fair_scheduling: bool,
     /// The path to CA file the SSL library should use. If empty, the default trust store location
     /// defined by the SSL library will be used.
     pub ca_file: Option<String>,
@@ -237,6 +244,7 @@ impl Default for ServerConf {
             listener_tasks_per_fd: 1,
             work_stealing: true,
             runtime_enable_alt_timer: false,
+            runtime_fair_scheduling: false,
             upstream_keepalive_pool_size: 128,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
@@ -484,6 +492,7 @@ mod tests {
             listener_tasks_per_fd: 1,
             work_stealing: true,
             runtime_enable_alt_timer: false,
+            runtime_fair_scheduling: false,
             upstream_keepalive_pool_size: 4,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
