@@ -1,13 +1,14 @@
-//! Memory per idle keep-alive connection stays bounded: 2,000 connections
-//! that each sent one request and went quiet must not cost more than
-//! 8 KiB each (vendor patch 12; docs/performance.md, "Memory per idle
-//! connection").
+//! Memory per connection stays bounded: 2,000 connections that each sent
+//! one request and went quiet must not cost more than 8 KiB each (vendor
+//! patch 12), and 1,000 requests waiting on a slow upstream not more than
+//! 30 KiB each (patch 14; 34.7 KiB before it, with this debug build). See
+//! docs/performance.md, "Memory".
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::harness::{raise_open_files_limit, Gateway, Upstream};
+use crate::harness::{exclusive, raise_open_files_limit, Gateway, Upstream};
 
 const CONNECTIONS: usize = 2000;
 const MAX_KIB_PER_CONNECTION: f64 = 8.0;
@@ -49,6 +50,7 @@ fn one_request(port: u16) -> TcpStream {
 
 #[test]
 fn idle_keepalive_connections_cost_at_most_8_kib_each() {
+    let _alone = exclusive();
     // The gateway inherits the raised limit.
     raise_open_files_limit(3 * CONNECTIONS);
     let up = Upstream::start();
@@ -74,4 +76,55 @@ fn idle_keepalive_connections_cost_at_most_8_kib_each() {
     assert_eq!(idle.len(), CONNECTIONS);
     drop(one_request(gw.port));
     eprintln!("{per_connection:.2} KiB per idle connection");
+}
+
+/// Requests in flight each hold their own state, an upstream connection
+/// and what their heads were read into; not a 4 KiB read buffer for the
+/// request head or for the upstream's answer while it is awaited (vendor
+/// patch 14). 1,000 requests to an upstream that answers after 4 s.
+#[test]
+fn requests_in_flight_cost_at_most_30_kib_each() {
+    const IN_FLIGHT: usize = 1000;
+    let _alone = exclusive();
+    const MAX_KIB_PER_REQUEST: f64 = 30.0;
+    const SLOW: &[u8] =
+        b"GET /slow?ms=4000 HTTP/1.1\r\nHost: t\r\nUser-Agent: python-requests/2.32.3\r\n\
+Accept: */*\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\r\n";
+    raise_open_files_limit(4 * IN_FLIGHT);
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let pid = gw.proc.child.id();
+    for _ in 0..3 {
+        let warm: Vec<_> = (0..200).map(|_| one_request(gw.port)).collect();
+        drop(warm);
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = rss_kib(pid);
+    // Sent in tens, so the upstream's accept queue never overflows (a
+    // dropped SYN is retried after 1 s, the default connect timeout).
+    let waiting: Vec<TcpStream> = (0..IN_FLIGHT)
+        .map(|i| {
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+            (&s).write_all(SLOW).expect("send");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2000));
+    let after = rss_kib(pid);
+    let per_request = after.saturating_sub(before) as f64 / IN_FLIGHT as f64;
+    // Every one of them is answered.
+    for s in &waiting {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut head = [0u8; 12];
+        (&*s).read_exact(&mut head).expect("an answer");
+        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    }
+    eprintln!("{per_request:.2} KiB per request in flight");
+    assert!(
+        per_request <= MAX_KIB_PER_REQUEST,
+        "{per_request:.2} KiB per request in flight ({before} KiB before, {after} KiB with {IN_FLIGHT})"
+    );
 }

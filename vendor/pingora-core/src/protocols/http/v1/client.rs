@@ -377,6 +377,25 @@ impl HttpSession {
                 ));
             }
 
+            // tollgate patch 14: no buffer while the upstream is still
+            // working on its answer; it is allocated once the first bytes
+            // are there (as patch 12 does for a request head), so a request
+            // in flight does not hold 4 KiB for its whole wait. A readiness
+            // error is left for the read to report.
+            if self.response_header_read_buf.capacity() == 0 {
+                let ready =
+                    std::future::poll_fn(|cx| self.underlying_stream.poll_read_ready(cx));
+                if let Some(t) = self.read_timeout {
+                    if timeout(t, ready).await.is_err() {
+                        return self.fail_response_header_read(Error::explain(
+                            ReadTimedout,
+                            "while reading response headers",
+                        ));
+                    }
+                } else {
+                    let _ = ready.await;
+                }
+            }
             if self
                 .response_header_read_buf
                 .capacity()

@@ -26,6 +26,11 @@ pub mod server;
 /// rehash them; the copies the proxy works on keep that room.
 pub(crate) const PROXY_HEADER_ROOM: usize = 4;
 
+/// tollgate patch 14: a request head that leaves at least this much of its
+/// read buffer unused is copied out of it, so a request in flight keeps its
+/// ~200-byte head, not a 4 KiB buffer.
+pub(crate) const HEAD_SHRINK_SLACK: usize = 1024;
+
 /// Test utilities shared across HTTP/1.x unit tests
 #[cfg(test)]
 pub(crate) mod test_util {

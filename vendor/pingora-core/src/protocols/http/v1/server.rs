@@ -521,7 +521,16 @@ impl HttpSession {
                             }
                             rest
                         };
-                        let buf = buf.freeze();
+                        // tollgate patch 14: a head read into a much larger
+                        // buffer keeps only its own bytes for the rest of
+                        // the request (its header values point into them);
+                        // the read buffer goes back to the allocator now.
+                        // (After a split above, the capacity is the head's.)
+                        let buf = if buf.capacity() - buf.len() >= super::HEAD_SHRINK_SLACK {
+                            Bytes::copy_from_slice(&buf)
+                        } else {
+                            buf.freeze()
+                        };
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
