@@ -433,7 +433,11 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
         let local_addr = stream
             .get_socket_digest()
             .and_then(|digest| digest.local_addr().and_then(|addr| addr.as_inet()).copied());
-        let tls_stream = tls::connect(stream, peer, alpn_override, tls_ctx)
+        // tollgate patch 14: the TLS handshake's state (~7 KB) is boxed
+        // only for a TLS upstream, so a plain TCP connect's future is ~1 KB:
+        // a burst of new upstream connections held ~8 KB each while it
+        // connected, which set the peak memory of a 1,000-connection load.
+        let tls_stream = Box::pin(tls::connect(stream, peer, alpn_override, tls_ctx))
             .await
             .map_err(|e| attach_connect_local_addr(e, local_addr))?;
         Ok(Box::new(tls_stream))
