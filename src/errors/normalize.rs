@@ -112,16 +112,17 @@ pub fn normalize(
     if trimmed.is_empty() {
         return fallback(Source::Empty, Value::Null);
     }
-    let ctype = err.content_type.unwrap_or("").to_ascii_lowercase();
-    if ctype.contains("html") || trimmed.starts_with(b"<") {
+    let ctype = err.content_type.unwrap_or("");
+    if contains_ignoring_case(ctype, "html") || trimmed.starts_with(b"<") {
         return fallback(Source::Html, Value::Null);
     }
     if let Ok(value) = serde_json::from_slice::<Value>(trimmed) {
-        let is_problem = ctype.contains("problem+json");
+        let is_problem = contains_ignoring_case(ctype, "problem+json");
         return from_json(value, is_problem, status, request_id, table);
     }
-    let looks_json =
-        ctype.contains("json") || trimmed.starts_with(b"{") || trimmed.starts_with(b"[");
+    let looks_json = contains_ignoring_case(ctype, "json")
+        || trimmed.starts_with(b"{")
+        || trimmed.starts_with(b"[");
     if let Some(text) = short_text(trimmed).filter(|_| !looks_json) {
         let ErrorClass { kind, code } = table.type_and_code(status);
         return Normalized {
@@ -139,6 +140,16 @@ pub fn normalize(
     fallback(Source::Other, Value::Null)
 }
 
+/// Whether `haystack` contains `needle` (ASCII lower case), ignoring ASCII
+/// case, without making a lower-cased copy.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    needle.is_empty()
+        || haystack
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 /// One line of printable UTF-8 text, at most 512 bytes.
 fn short_text(body: &[u8]) -> Option<&str> {
     if body.len() > MAX_TEXT_MESSAGE {
@@ -149,6 +160,18 @@ fn short_text(body: &[u8]) -> Option<&str> {
         return None;
     }
     Some(s)
+}
+
+/// `obj[key]` taken out when it is a non-empty string (no copy made);
+/// otherwise left where it is.
+fn take_non_empty_str(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
+    if !matches!(obj.get(key), Some(Value::String(s)) if !s.trim().is_empty()) {
+        return None;
+    }
+    match obj.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
 }
 
 fn non_empty_str(v: Option<&Value>) -> Option<String> {
@@ -305,21 +328,26 @@ fn from_json(
     }
 
     // {"message": ..., optional "validation_errors", optional "eventID"}.
-    if let Some(m) = non_empty_str(obj.get("message")) {
+    // The fields used are moved out of the parsed body, not copied.
+    if let Some(m) = take_non_empty_str(&mut obj, "message") {
         out.source = Source::Message;
         env.message = m.into();
-        obj.remove("message");
         let mut details = Value::Null;
-        if let Some(Value::Array(items)) = obj.get("validation_errors") {
-            let items = items
-                .iter()
-                .map(|item| match item {
-                    Value::String(s) => serde_json::json!({ "message": s }),
-                    other => other.clone(),
-                })
-                .collect();
-            details = Value::Array(items);
-            obj.remove("validation_errors");
+        if matches!(obj.get("validation_errors"), Some(Value::Array(_))) {
+            if let Some(Value::Array(items)) = obj.remove("validation_errors") {
+                let items = items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::String(s) => {
+                            let mut one = Map::new();
+                            one.insert("message".to_owned(), Value::String(s));
+                            Value::Object(one)
+                        }
+                        other => other,
+                    })
+                    .collect();
+                details = Value::Array(items);
+            }
         }
         if let Some(r) = reference(obj.get("eventID")) {
             env.request_id = r.clone();

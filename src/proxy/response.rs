@@ -9,6 +9,9 @@ use pingora::Result;
 
 use super::ctx::{Ctx, NormalizedError, SentError};
 use super::headers::X_ITEM_ERRORS;
+
+/// A digest of the upstream's bytes, wrong once the body is replaced.
+static CONTENT_MD5: http::HeaderName = http::HeaderName::from_static("content-md5");
 use super::{patched, request};
 use crate::errors::items::{is_json_media_type, Finished, HeldBody, Hold};
 use crate::errors::{CollectedError, Source};
@@ -31,7 +34,7 @@ pub fn begin_envelope(
     resp: &mut ResponseHeader,
     ctx: &mut Ctx,
 ) -> Result<EnvelopeTiming> {
-    let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
+    let header = |name| resp.headers.get(name);
     // A HEAD answer has no body to gather.
     let collected = (!ctx.head).then(|| {
         CollectedError::new(
@@ -48,7 +51,7 @@ pub fn begin_envelope(
     for name in [CONTENT_LENGTH, CONTENT_ENCODING, ETAG] {
         resp.remove_header(&name);
     }
-    resp.remove_header("content-md5");
+    resp.remove_header(&CONTENT_MD5);
     ctx.error_format = request::error_format(session, ctx);
     resp.insert_header(CONTENT_TYPE, ctx.error_format.content_type())?;
     vary_on_accept(resp)?;
@@ -99,7 +102,7 @@ pub fn gather_error_body(ctx: &mut Ctx, body: &mut Option<Bytes>, end_of_stream:
         return;
     };
     if let Some(piece) = body.take() {
-        collecting.push(&piece);
+        collecting.push(piece);
     }
     if end_of_stream {
         *body = finish_envelope(ctx);
@@ -177,7 +180,7 @@ fn set_item_headers(resp: &mut ResponseHeader, len: usize, failed: u64) {
     for name in [CONTENT_ENCODING, TRANSFER_ENCODING, ETAG] {
         resp.remove_header(&name);
     }
-    resp.remove_header("content-md5");
+    resp.remove_header(&CONTENT_MD5);
     // Inserting a length or a number cannot fail.
     let _ = resp.insert_header(CONTENT_LENGTH, len);
     let _ = resp.insert_header(X_ITEM_ERRORS.clone(), failed);

@@ -372,3 +372,15 @@ fn overrides_change_type_and_code() {
     assert_eq!(t.type_and_code(400).code, "bad_request");
     assert_eq!(t.type_and_code(451).code, "http_451");
 }
+
+#[test]
+fn content_types_are_matched_ignoring_case() {
+    assert!(contains_ignoring_case("Text/HTML; charset=utf-8", "html"));
+    assert!(contains_ignoring_case(
+        "application/Problem+JSON",
+        "problem+json"
+    ));
+    assert!(!contains_ignoring_case("application/json", "problem+json"));
+    assert!(!contains_ignoring_case("", "json"));
+    assert!(contains_ignoring_case("x", ""));
+}
