@@ -3,13 +3,41 @@
 //! does not need to know which calls are patches; moving to an unpatched
 //! Pingora means rewriting this file only.
 
+use std::time::Duration;
+
 use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::apps::HttpServerOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::server::ClientLimits;
 use pingora::protocols::http::v2::server::DOWNSTREAM_H2_ABUSE;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
+use pingora::server::configuration::ServerConf;
 use pingora::services::listening::DOWNSTREAM_HANDSHAKE_FAILURES;
 use pingora::Result;
+
+/// Every ready connection is served before any is served twice, and
+/// timers are checked between rounds (docs/behaviour.md, "Scheduling under
+/// load"). Patch 13.
+pub fn serve_ready_connections_in_turn(conf: &mut ServerConf) {
+    conf.runtime_fair_scheduling = true;
+}
+
+/// Limits on HTTP/1 request heads: an idle timeout between requests that
+/// a client cannot lengthen, a deadline for a whole head from its first
+/// byte, and a size cap (docs/configuration.md, `[server]`). Patch 9.
+pub fn limit_clients(
+    options: &mut HttpServerOptions,
+    keepalive_timeout: Duration,
+    head_timeout: Duration,
+    max_head_bytes: usize,
+) {
+    options.h1_client_limits = Some(ClientLimits {
+        idle_timeout_secs: keepalive_timeout.as_secs(),
+        head_timeout,
+        max_head_bytes,
+    });
+}
 
 /// Write a whole response whose header fields are already serialized
 /// (`Name: value\r\n` lines, without `Date` and `Connection`, which

@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::protocols::http::v1::server::ClientLimits;
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
@@ -17,6 +16,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use super::admin::{self, Admin, Readiness};
 use super::gateway::Gateway;
 use super::live::Live;
+use super::patched;
 use super::tls::{load_pair, CertStore};
 use crate::config::Config;
 use crate::observe::Metrics;
@@ -136,18 +136,16 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
         }
     };
 
-    let conf = ServerConf {
+    let mut conf = ServerConf {
         threads: s.threads,
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         ca_file: cfg.upstream.ca_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
-        // Every ready connection is served before any is served twice
-        // (vendor patch 13; docs/behaviour.md, "Scheduling under load").
-        runtime_fair_scheduling: true,
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
         ..ServerConf::default()
     };
+    patched::serve_ready_connections_in_turn(&mut conf);
     let opt = Opt {
         upgrade: launch.upgrade,
         ..Opt::default()
@@ -188,11 +186,12 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
         // CONNECT reaches `request_filter`, which refuses it with the
         // envelope (Pingora's own refusal is an empty 405).
         options.allow_connect_method_proxying = true;
-        options.h1_client_limits = Some(ClientLimits {
-            idle_timeout_secs: s.keepalive_timeout.as_secs(),
-            head_timeout: s.header_timeout,
-            max_head_bytes: s.max_header_bytes,
-        });
+        patched::limit_clients(
+            &mut options,
+            s.keepalive_timeout,
+            s.header_timeout,
+            s.max_header_bytes,
+        );
         logic.server_options = Some(options);
         // HTTP/2: Pingora's bounded defaults, with the configured stream
         // limit and the same header budget as HTTP/1.
