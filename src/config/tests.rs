@@ -71,30 +71,33 @@ fn syntax_error_has_position() {
 
 #[test]
 fn semantic_checks_point_at_the_key() {
-    let text = "[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 0\nperiod = \"1s\"\n";
-    let e = parse(text).unwrap_err();
-    assert_eq!(e.key, "rate_limit.rules[0].limit");
-    assert_eq!(e.line, 5, "{e}");
-
-    let text = "[upstream]\naddress = \"127.0.0.1:3000\"\n[server]\nthreads = 0\n";
-    let e = parse(text).unwrap_err();
-    assert_eq!((e.key.as_str(), e.line), ("server.threads", 4), "{e}");
-
-    let text = "[upstream]\naddress = \"127.0.0.1:3000\"\nkeepalive_pool_size = 0\n";
-    let e = parse(text).unwrap_err();
-    assert_eq!(
-        (e.key.as_str(), e.line),
-        ("upstream.keepalive_pool_size", 3),
-        "{e}"
-    );
-
-    let text = "[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\n";
-    let e = parse(text).unwrap_err();
-    assert_eq!(
-        (e.key.as_str(), e.line),
-        ("rate_limit.rules[1].name", 8),
-        "{e}"
-    );
+    // (file text, the key the error names, its line)
+    let cases = [
+        (
+            "[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 0\nperiod = \"1s\"\n",
+            "rate_limit.rules[0].limit",
+            5,
+        ),
+        (
+            "[upstream]\naddress = \"127.0.0.1:3000\"\n[server]\nthreads = 0\n",
+            "server.threads",
+            4,
+        ),
+        (
+            "[upstream]\naddress = \"127.0.0.1:3000\"\nkeepalive_pool_size = 0\n",
+            "upstream.keepalive_pool_size",
+            3,
+        ),
+        (
+            "[upstream]\naddress = \"127.0.0.1:3000\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\n[[rate_limit.rules]]\nname = \"a\"\nlimit = 1\nperiod = \"1s\"\n",
+            "rate_limit.rules[1].name",
+            8,
+        ),
+    ];
+    for (text, key, line) in cases {
+        let e = parse(text).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), (key, line), "{e}");
+    }
 }
 
 #[test]
