@@ -1,8 +1,9 @@
 //! Memory per connection stays bounded: 2,000 connections that each sent
 //! one request and went quiet must not cost more than 8 KiB each (vendor
 //! patch 12), and 1,000 requests waiting on a slow upstream not more than
-//! 30 KiB each (patch 14; 34.7 KiB before it, with this debug build). See
-//! docs/performance.md, "Memory".
+//! 30 KiB each (patch 14). The figures with and without the patches are
+//! in docs/performance.md ("Memory per idle keep-alive connection", "Memory
+//! per request in flight").
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -360,9 +360,9 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            // tollgate patch 12: a new connection's state (TCP connect, a
-            // TLS handshake) is boxed only when one is made, so the future
-            // of every request does not carry its ~8 KB.
+            // tollgate patch 12: a new connection's state is boxed only
+            // when one is made, so the future of every request does not
+            // carry it (sizes in vendor/PATCHES.md).
             let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
@@ -433,10 +433,10 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
         let local_addr = stream
             .get_socket_digest()
             .and_then(|digest| digest.local_addr().and_then(|addr| addr.as_inet()).copied());
-        // tollgate patch 14: the TLS handshake's state (~7 KB) is boxed
-        // only for a TLS upstream, so a plain TCP connect's future is ~1 KB:
-        // a burst of new upstream connections held ~8 KB each while it
-        // connected, which set the peak memory of a 1,000-connection load.
+        // tollgate patch 14: the TLS handshake's state, most of a
+        // connect's, is boxed only for a TLS upstream, so every plain TCP
+        // connect in a burst of new upstream connections does not carry it
+        // (sizes in vendor/PATCHES.md).
         let tls_stream = Box::pin(tls::connect(stream, peer, alpn_override, tls_ctx))
             .await
             .map_err(|e| attach_connect_local_addr(e, local_addr))?;

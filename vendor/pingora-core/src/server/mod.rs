@@ -886,8 +886,8 @@ impl Server {
 /// worker's local queue (256) wait. tokio's default polls for events every
 /// 61 tasks and puts what they wake ahead of the shared queue, so with more
 /// ready connections than the local queue holds, the same few hundred are
-/// served again and again while the rest wait (measured: p99 5x NGINX's at
-/// 1,000 connections). Timers are checked at the same polls, so a deadline
+/// served again and again while the rest wait (figures in tollgate's
+/// docs/performance.md). Timers are checked at the same polls, so a deadline
 /// fires at most one round of ready tasks late.
 fn fair_runtime(name: &str, threads: usize, blocking_opts: &BlockingPoolOpts) -> Runtime {
     /// Polls between two event polls while tasks are ready: never, in practice.
