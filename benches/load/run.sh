@@ -28,6 +28,9 @@
 #          [--conns "64 1000"] [--scenarios "ok err limited"]
 #          [--targets "direct nginx bare tollgate"] [--threads N]
 #          [--profile release|debug] [--out FILE] [--no-pin]
+#   TOLLGATE_BIN=PATH measures that tollgate binary instead of this tree's
+#   build (A/B runs against a build without a change); the environment
+#   reaches the proxies (e.g. MIMALLOC_PURGE_DELAY).
 #   --smoke: 2 s per case, 1 repeat, 64 connections, debug build: checks
 #   that the harness runs (CI), not how fast anything is.
 set -euo pipefail
@@ -74,7 +77,8 @@ else
   cargo build --bin tollgate --example bare_proxy >&2
   dir=$target_dir/debug
 fi
-tollgate_bin=$dir/tollgate
+# TOLLGATE_BIN: another tollgate build to measure (e.g. one without a patch).
+tollgate_bin=${TOLLGATE_BIN:-$dir/tollgate}
 bare_bin=$dir/examples/bare_proxy
 for bin in "$tollgate_bin" "$bare_bin"; do
   [ -x "$bin" ] || { echo "not built: $bin" >&2; exit 1; }
