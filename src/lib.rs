@@ -9,6 +9,7 @@
 
 // The one module with `unsafe` throughout (each block has its SAFETY
 // comment); the other is a prefetch hint in `rate_limit::bucket_table`.
+pub mod admission;
 #[allow(unsafe_code)]
 pub mod allocator;
 pub mod client;

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{Backend, FileConfig, RateLimitConfig, RuleConfig, TlsConfig};
+use super::file::{
+    Backend, FileConfig, RateLimitConfig, RuleConfig, TlsConfig, MAX_IN_FLIGHT_PER_THREAD,
+};
 use super::{Config, ErrorSettings, ServerSettings, TlsTermination, UpstreamSettings};
 use crate::client::{ClientIpResolver, Exemptions};
 use crate::errors::ErrorTable;
@@ -45,6 +47,14 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             "upstream.keepalive_pool_size",
             "must be at least 1".into(),
         ));
+    }
+    if file.upstream.max_in_flight == Some(0) {
+        let message = "must be at least 1".into();
+        return Err(at(None, "upstream.max_in_flight", message));
+    }
+    if file.upstream.queue_timeout.0.is_zero() {
+        let message = "must be longer than zero".into();
+        return Err(at(None, "upstream.queue_timeout", message));
     }
     if s.header_timeout.0.is_zero() {
         let message = "must be longer than zero".into();
@@ -225,6 +235,10 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
             max_header_bytes: server.max_header_bytes,
             h2_max_concurrent_streams: server.h2_max_concurrent_streams,
             upstream_keepalive_pool_size: file.upstream.keepalive_pool_size,
+            upstream_max_in_flight: file
+                .upstream
+                .max_in_flight
+                .unwrap_or(MAX_IN_FLIGHT_PER_THREAD.saturating_mul(server.threads)),
             tls,
         },
         upstream,
@@ -356,6 +370,7 @@ fn upstream(file: &FileConfig, at: &At) -> Result<UpstreamSettings, ConfigError>
         ca_file: (!u.ca_file.is_empty()).then(|| u.ca_file.clone()),
         connect_timeout: u.connect_timeout.0,
         read_timeout: u.read_timeout.0,
+        queue_timeout: u.queue_timeout.0,
     })
 }
 

@@ -176,6 +176,11 @@ pub struct UpstreamConfig {
     pub read_timeout: HumanDuration,
     #[serde(default = "default_keepalive_pool_size")]
     pub keepalive_pool_size: usize,
+    /// Default: [`MAX_IN_FLIGHT_PER_THREAD`] for each of `server.threads`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: HumanDuration,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -188,6 +193,13 @@ fn default_read_timeout() -> HumanDuration {
 /// fewer, and every burst closes the surplus and connects anew.
 fn default_keepalive_pool_size() -> usize {
     1024
+}
+/// Requests one proxy thread keeps waiting on the upstream at once by
+/// default: past about a hundred, its per-request state no longer fits the
+/// caches and every request costs more (docs/performance.md).
+pub const MAX_IN_FLIGHT_PER_THREAD: usize = 128;
+fn default_queue_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -70,6 +70,9 @@ pub struct ServerSettings {
     /// Idle upstream connections kept for reuse (`upstream.keepalive_pool_size`,
     /// read when the process starts).
     pub upstream_keepalive_pool_size: usize,
+    /// Requests waiting on the upstream's answer at once
+    /// (`upstream.max_in_flight`, read when the process starts).
+    pub upstream_max_in_flight: usize,
     /// `[server.tls]`, when TLS is terminated.
     pub tls: Option<TlsTermination>,
 }
@@ -101,6 +104,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Longest wait for the upstream's next bytes (and to write to it).
     pub read_timeout: Duration,
+    /// Longest wait for one of the `upstream.max_in_flight` slots.
+    pub queue_timeout: Duration,
 }
 
 /// `[errors]`.

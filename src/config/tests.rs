@@ -10,11 +10,25 @@ fn minimal_file_gets_defaults() {
     let c = parse("[upstream]\naddress = \"127.0.0.1:3000\"\n").unwrap();
     assert_eq!(c.server.threads, 2);
     assert_eq!(c.server.upstream_keepalive_pool_size, 1024);
+    assert_eq!(c.server.upstream_max_in_flight, 256, "128 for each thread");
+    assert_eq!(c.upstream.queue_timeout, Duration::from_secs(5));
     assert_eq!(c.errors.max_body_bytes, 65536);
     assert_eq!(c.rate_limit.limiter.max_keys, 1_000_000);
     assert!(c.rate_limit.limiter.rules.is_empty());
     assert_eq!(c.upstream.addr, "127.0.0.1:3000".parse().unwrap());
     assert_eq!(c.upstream.sni, "127.0.0.1", "the host is the TLS name");
+}
+
+#[test]
+fn max_in_flight_follows_the_threads_unless_set() {
+    let c = parse("[upstream]\naddress = \"127.0.0.1:3000\"\n[server]\nthreads = 3\n").unwrap();
+    assert_eq!(c.server.upstream_max_in_flight, 384);
+    let c = parse(
+        "[upstream]\naddress = \"127.0.0.1:3000\"\nmax_in_flight = 10\nqueue_timeout = \"250ms\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.server.upstream_max_in_flight, 10);
+    assert_eq!(c.upstream.queue_timeout, Duration::from_millis(250));
 }
 
 #[test]
@@ -86,6 +100,16 @@ fn semantic_checks_point_at_the_key() {
         (
             "[upstream]\naddress = \"127.0.0.1:3000\"\nkeepalive_pool_size = 0\n",
             "upstream.keepalive_pool_size",
+            3,
+        ),
+        (
+            "[upstream]\naddress = \"127.0.0.1:3000\"\nmax_in_flight = 0\n",
+            "upstream.max_in_flight",
+            3,
+        ),
+        (
+            "[upstream]\naddress = \"127.0.0.1:3000\"\nqueue_timeout = \"0s\"\n",
+            "upstream.queue_timeout",
             3,
         ),
         (

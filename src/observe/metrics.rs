@@ -131,6 +131,10 @@ pub struct Metrics {
     pub admin_refused: IntCounter,
     /// Requests from a client in `rate_limit.exempt`.
     pub rate_limit_exempt: IntCounter,
+    /// Requests waiting for an `upstream.max_in_flight` slot now.
+    pub upstream_queued: IntGauge,
+    /// Requests refused with 503 after `upstream.queue_timeout` in line.
+    pub upstream_queue_timeouts: IntCounter,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     item_errors: IntCounterVec,
@@ -146,6 +150,12 @@ fn unlabelled_counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     reg.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn unlabelled_gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn histogram(reg: &Registry, name: &str, help: &str) -> HistogramVec {
@@ -250,6 +260,16 @@ impl Metrics {
             "tollgate_rate_limit_exempt_total",
             "Requests from clients in rate_limit.exempt, which no rule limits.",
         );
+        let upstream_queued = unlabelled_gauge(
+            &reg,
+            "tollgate_upstream_queued",
+            "Requests waiting in line for one of upstream.max_in_flight's slots.",
+        );
+        let upstream_queue_timeouts = unlabelled_counter(
+            &reg,
+            "tollgate_upstream_queue_timeouts_total",
+            "Requests refused with 503: no upstream.max_in_flight slot freed up within upstream.queue_timeout.",
+        );
         let item_errors = counter(
             &reg,
             "tollgate_item_errors_total",
@@ -305,6 +325,8 @@ impl Metrics {
             client_errors,
             admin_refused,
             rate_limit_exempt,
+            upstream_queued,
+            upstream_queue_timeouts,
             request_duration,
             upstream_duration,
             item_errors,

@@ -53,6 +53,19 @@ impl GatewayAnswer {
         GatewayAnswer::plain(503, "Rate limiting is unavailable; try again shortly.")
     }
 
+    /// 503: no `upstream.max_in_flight` slot freed up within
+    /// `upstream.queue_timeout`.
+    pub fn upstream_busy(queue_timeout: std::time::Duration) -> GatewayAnswer {
+        GatewayAnswer {
+            message: format!(
+                "The upstream is busy: no request slot freed up within {} ms; try again shortly.",
+                queue_timeout.as_millis()
+            )
+            .into(),
+            ..GatewayAnswer::plain(503, "")
+        }
+    }
+
     /// 413: the declared body is over `server.max_request_body_bytes`. It
     /// is not read, so the connection closes.
     pub fn body_too_large(max_request_body: u64) -> GatewayAnswer {

@@ -1,6 +1,7 @@
 //! What the gateway knows about one request, from its first hook to its
 //! log line.
 
+use crate::admission::Slot;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -90,6 +91,9 @@ pub struct UpstreamSeen {
     pub sent_at: Option<Instant>,
     /// The final (non-1xx) status it answered.
     pub status: Option<u16>,
+    /// One of the `upstream.max_in_flight` slots, held until the
+    /// upstream's response header arrives.
+    pub slot: Option<Slot>,
 }
 
 /// An upstream error as the client received it, for the log.

@@ -19,17 +19,20 @@ use super::ctx::Ctx;
 use super::live::Live;
 use super::response::EnvelopeTiming;
 use super::{answer, headers, log, request, response, upstream};
+use crate::admission::Admission;
 use crate::rate_limit::Pending;
 
 /// The proxy: every request runs under the runtime that is live when it
 /// arrives.
 pub struct Gateway {
     live: Arc<Live>,
+    /// `upstream.max_in_flight`'s slots, for the life of the process.
+    admission: Admission,
 }
 
 impl Gateway {
-    pub fn new(live: Arc<Live>) -> Self {
-        Gateway { live }
+    pub fn new(live: Arc<Live>, admission: Admission) -> Self {
+        Gateway { live, admission }
     }
 }
 
@@ -50,7 +53,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// The request header is in: identify the client, keep serving a
-    /// pipelined connection, refuse broken framing, ask the limiter, check the declared body size; answer
+    /// pipelined connection, refuse broken framing, ask the limiter, check
+    /// the declared body size, take a slot to the upstream; answer
     /// 400/429/503/413 here, or go on.
     ///
     /// async_trait boxes this future on every request, so it holds no
@@ -67,8 +71,13 @@ impl ProxyHttp for Gateway {
             Pending::Ready(outcome) => outcome,
             Pending::Shared(decision) => decision.await,
         };
-        let refused = request::refusal(ctx, outcome);
-        let Some(answer) = refused.or_else(|| request::check_body_size(session, ctx)) else {
+        let refused =
+            request::refusal(ctx, outcome).or_else(|| request::check_body_size(session, ctx));
+        let refused = match refused {
+            Some(answer) => Some(answer),
+            None => upstream::admit(session, ctx, &self.admission).await,
+        };
+        let Some(answer) = refused else {
             return Ok(false);
         };
         Box::pin(answer::send(session, ctx, answer)).await?;

@@ -146,6 +146,10 @@ impl Live {
                 "upstream.keepalive_pool_size",
                 old.upstream_keepalive_pool_size != new.upstream_keepalive_pool_size,
             ),
+            (
+                "upstream.max_in_flight",
+                old.upstream_max_in_flight != new.upstream_max_in_flight,
+            ),
             ("server.tls.listen", tls_listen(old) != tls_listen(new)),
         ];
         keys.into_iter()

@@ -18,6 +18,7 @@ use super::gateway::Gateway;
 use super::live::Live;
 use super::patched;
 use super::tls::{load_pair, CertStore};
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::observe::Metrics;
 
@@ -155,7 +156,7 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(live.clone()),
+        Gateway::new(live.clone(), Admission::new(s.upstream_max_in_flight)),
         "tollgate",
     );
     for addr in &s.listen {

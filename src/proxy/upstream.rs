@@ -3,9 +3,13 @@
 use std::time::{Duration, Instant};
 
 use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use prometheus::IntGauge;
 
+use super::answer::GatewayAnswer;
 use super::ctx::Ctx;
+use crate::admission::{Admission, QueueTimedOut};
 use crate::config::UpstreamSettings;
 
 /// How long an idle pooled upstream connection is kept.
@@ -22,16 +26,76 @@ pub fn peer(u: &UpstreamSettings) -> HttpPeer {
     peer
 }
 
+/// Take one of the `upstream.max_in_flight` slots (docs/behaviour.md,
+/// "Requests in flight to the upstream"): at once when one is free, else
+/// in line; a 503 answer when none frees up within `upstream.queue_timeout`.
+/// A request with a body goes on without one: its pace is the client's,
+/// and a slow sender must not hold the slot others wait for.
+pub async fn admit(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    admission: &Admission,
+) -> Option<GatewayAnswer> {
+    if !session.is_body_empty() {
+        return None;
+    }
+    if let Some(slot) = admission.try_admit() {
+        ctx.upstream.slot = Some(slot);
+        return None;
+    }
+    // Boxed: the wait's state would otherwise ride in every request's
+    // future.
+    Box::pin(wait_in_line(ctx, admission)).await
+}
+
+async fn wait_in_line(ctx: &mut Ctx, admission: &Admission) -> Option<GatewayAnswer> {
+    let metrics = ctx.rt.metrics.clone();
+    let admitted = {
+        // Counted while in line, also when the wait is cancelled (an
+        // HTTP/2 stream reset, a shutdown).
+        let _in_line = InLine::new(&metrics.upstream_queued);
+        admission.admit(ctx.rt.upstream.queue_timeout).await
+    };
+    match admitted {
+        Ok(slot) => {
+            ctx.upstream.slot = Some(slot);
+            None
+        }
+        Err(QueueTimedOut) => {
+            metrics.upstream_queue_timeouts.inc();
+            Some(GatewayAnswer::upstream_busy(ctx.rt.upstream.queue_timeout))
+        }
+    }
+}
+
+/// `tollgate_upstream_queued` counts a request for as long as this lives.
+struct InLine<'a>(&'a IntGauge);
+
+impl<'a> InLine<'a> {
+    fn new(gauge: &'a IntGauge) -> InLine<'a> {
+        gauge.inc();
+        InLine(gauge)
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Note that the request leaves for the upstream now.
 pub fn note_sent(ctx: &mut Ctx) {
     ctx.upstream.sent_at = Some(Instant::now());
 }
 
-/// Record the upstream's final status and how long it took to answer.
+/// Record the upstream's final status and how long it took to answer;
+/// free the request's slot for the next in line.
 pub fn note_answer(resp: &ResponseHeader, ctx: &mut Ctx) {
     if resp.status.is_informational() {
         return;
     }
+    ctx.upstream.slot = None;
     ctx.upstream.status = Some(resp.status.as_u16());
     if let Some(sent) = ctx.upstream.sent_at {
         ctx.rt.route_metrics[ctx.route]

@@ -52,9 +52,9 @@ fn one_request(port: u16) -> TcpStream {
 /// A gateway (and its upstream) after three bursts of 200 connections:
 /// pools, caches and first-use allocations are not per connection; then 2 s
 /// for the allocator to return what the bursts freed.
-fn warmed_up_gateway() -> (Upstream, Gateway) {
+fn warmed_up_gateway(upstream_extra: &str) -> (Upstream, Gateway) {
     let up = Upstream::start();
-    let gw = Gateway::start(up.port, "", "");
+    let gw = Gateway::start(up.port, upstream_extra, "");
     for _ in 0..3 {
         let warm: Vec<_> = (0..200).map(|_| one_request(gw.port)).collect();
         drop(warm);
@@ -68,7 +68,7 @@ fn idle_keepalive_connections_cost_at_most_8_kib_each() {
     let _alone = exclusive();
     // The gateway inherits the raised limit.
     raise_open_files_limit(3 * CONNECTIONS);
-    let (_up, gw) = warmed_up_gateway();
+    let (_up, gw) = warmed_up_gateway("");
     let pid = gw.proc.child.id();
     let before = rss_kib(pid);
     let idle: Vec<_> = (0..CONNECTIONS).map(|_| one_request(gw.port)).collect();
@@ -98,7 +98,8 @@ fn requests_in_flight_cost_at_most_30_kib_each() {
         b"GET /slow?ms=4000 HTTP/1.1\r\nHost: t\r\nUser-Agent: python-requests/2.32.3\r\n\
 Accept: */*\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\r\n";
     raise_open_files_limit(4 * IN_FLIGHT);
-    let (_up, gw) = warmed_up_gateway();
+    // Every one of them in flight at once, none waiting for a slot.
+    let (_up, gw) = warmed_up_gateway(&format!("max_in_flight = {IN_FLIGHT}"));
     let pid = gw.proc.child.id();
     let before = rss_kib(pid);
     // Sent in tens, so the upstream's accept queue never overflows (a
