@@ -75,7 +75,7 @@ impl ProxyHttp for Gateway {
             request::refusal(ctx, outcome).or_else(|| request::check_body_size(session, ctx));
         let refused = match refused {
             Some(answer) => Some(answer),
-            None => upstream::admit(session, ctx, &self.admission).await,
+            None => upstream::admit(session, ctx, &self.admission).await?,
         };
         let Some(answer) = refused else {
             return Ok(false);

@@ -133,6 +133,20 @@ pub async fn refuse_broken_head(session: &mut ServerSession, e: &Error, mut ctx:
 }
 
 /// The TCP peer's address (none for a Unix socket).
+/// The client has closed its connection: an HTTP/1 socket whose next read
+/// is its end (peeked, without waiting or taking any bytes: a pipelined
+/// request stays where it is). HTTP/2 has no such check: a stream the
+/// client resets is cancelled by Pingora itself.
+pub fn client_left(session: &Session) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let Some(stream) = session.as_downstream().stream() else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(recv(stream.id(), &mut byte, flags), Ok(0))
+}
+
 pub fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()

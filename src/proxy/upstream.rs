@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
 use prometheus::IntGauge;
 
 use super::answer::GatewayAnswer;
 use super::ctx::Ctx;
+use super::request;
 use crate::admission::{Admission, QueueTimedOut};
 use crate::config::UpstreamSettings;
 
@@ -30,25 +32,30 @@ pub fn peer(u: &UpstreamSettings) -> HttpPeer {
 /// "Requests in flight to the upstream"): at once when one is free, else
 /// in line; a 503 answer when none frees up within `upstream.queue_timeout`.
 /// A request with a body goes on without one: its pace is the client's,
-/// and a slow sender must not hold the slot others wait for.
+/// and a slow sender must not hold the slot others wait for. A request
+/// whose client left while it waited ends there, unsent.
 pub async fn admit(
     session: &mut Session,
     ctx: &mut Ctx,
     admission: &Admission,
-) -> Option<GatewayAnswer> {
+) -> Result<Option<GatewayAnswer>> {
     if !session.is_body_empty() {
-        return None;
+        return Ok(None);
     }
     if let Some(slot) = admission.try_admit() {
         ctx.upstream.slot = Some(slot);
-        return None;
+        return Ok(None);
     }
     // Boxed: the wait's state would otherwise ride in every request's
     // future.
-    Box::pin(wait_in_line(ctx, admission)).await
+    Box::pin(wait_in_line(session, ctx, admission)).await
 }
 
-async fn wait_in_line(ctx: &mut Ctx, admission: &Admission) -> Option<GatewayAnswer> {
+async fn wait_in_line(
+    session: &Session,
+    ctx: &mut Ctx,
+    admission: &Admission,
+) -> Result<Option<GatewayAnswer>> {
     let metrics = ctx.rt.metrics.clone();
     let admitted = {
         // Counted while in line, also when the wait is cancelled (an
@@ -57,13 +64,20 @@ async fn wait_in_line(ctx: &mut Ctx, admission: &Admission) -> Option<GatewayAns
         admission.admit(ctx.rt.upstream.queue_timeout).await
     };
     match admitted {
+        Ok(_) if request::client_left(session) => Err(Error::explain(
+            ErrorType::ConnectionClosed,
+            "the client left while its request waited for an upstream slot",
+        )
+        .into_down()),
         Ok(slot) => {
             ctx.upstream.slot = Some(slot);
-            None
+            Ok(None)
         }
         Err(QueueTimedOut) => {
             metrics.upstream_queue_timeouts.inc();
-            Some(GatewayAnswer::upstream_busy(ctx.rt.upstream.queue_timeout))
+            Ok(Some(GatewayAnswer::upstream_busy(
+                ctx.rt.upstream.queue_timeout,
+            )))
         }
     }
 }

@@ -122,3 +122,33 @@ fn streamed_answers_and_request_bodies_hold_no_slot() {
         0.0
     );
 }
+
+/// A client that leaves while its request waits in line: the request ends
+/// there when its turn comes, and the upstream never sees it.
+#[test]
+fn a_request_whose_client_left_while_waiting_is_not_sent() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "max_in_flight = 1", "");
+    let port = gw.port;
+    let holder = spawn(move || get(port, "/slow?ms=1000").expect("an answer").status);
+    sleep(Duration::from_millis(200));
+    let mut gone = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    gone.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    sleep(Duration::from_millis(200));
+    assert_eq!(metric(&gw.scrape(), "tollgate_upstream_queued"), 1.0);
+    drop(gone);
+    assert_eq!(holder.join().expect("the slow request"), 200);
+    // The next request goes through, on the slot the gone one let go.
+    assert_eq!(get(gw.port, "/ok").expect("an answer").status, 200);
+    assert_eq!(up.requests_seen(), 2, "the slow one and the last one only");
+    let scrape = gw.scrape();
+    assert_eq!(metric(&scrape, "tollgate_upstream_queued"), 0.0);
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"tollgate_requests_total{route="default",status="0"}"#
+        ),
+        1.0
+    );
+}
