@@ -12,6 +12,9 @@
 #             in the 429 case it answers each request with an empty 429
 #             of its own (Pingora's API): the floor for a proxy's own answer
 #   tollgate  1 thread, one never-triggering per-IP rule, metrics on
+#   tollgate-unqueued  the same with upstream.max_in_flight out of reach:
+#             every request goes to the upstream at once (not in the
+#             default targets)
 # Scenarios: ok (200 pass-through), err (422: normalized by tollgate, passed
 # through by the others), limited (429 answered by the proxy itself:
 # tollgate, NGINX limit_req_status 429 and the bare proxy's empty 429; none
@@ -116,10 +119,13 @@ start_target() {
       # timeout between requests, a head deadline), so both pay for them.
       $pin_proxy "$bare_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" timeouts $refuse 2>/dev/null &
       target_pid=$! ;;
-    tollgate)
+    tollgate|tollgate-unqueued)
       local limit=1000000000
       [ "$scenario" = limited ] && limit=1
       tollgate_config "$target_port" "$limit" "$threads"
+      if [ "$name" = tollgate-unqueued ]; then
+        sed -i 's/^\[upstream\]$/[upstream]\nmax_in_flight = 1000000/' "$work/tollgate.toml"
+      fi
       TOLLGATE_LOG=error $pin_proxy "$tollgate_bin" --config "$work/tollgate.toml" 2>/dev/null &
       target_pid=$! ;;
   esac
@@ -207,15 +213,16 @@ for key in {(r["scenario"], r["conns"], r["target"]) for r in rows}:
     med[key] = {f: statistics.median(float(r[f]) for r in sel)
                 for f in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "peak_rss_mb", "upstream_conns_per_1k")}
 print()
-print("| scenario | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | upstream conns / 1k req | CPU vs nginx | CPU vs bare |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | upstream conns / 1k req | CPU vs nginx | CPU vs bare | p99 vs nginx | RSS vs nginx |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for (scenario, conns, target) in sorted(med, key=lambda k: (k[0], int(k[1]), k[2])):
     m = med[(scenario, conns, target)]
-    def ratio(other):
+    def ratio(other, field="cpu_us_per_req"):
         o = med.get((scenario, conns, other))
-        return f"{m['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}" if o and o["cpu_us_per_req"] else "-"
+        return f"{m[field] / o[field]:.2f}" if o and o[field] else "-"
     print(f"| {scenario} | {conns} | {target} | {m['req_per_s']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
-          f"{m['cpu_us_per_req']:.1f} | {m['peak_rss_mb']:.0f} | {m['upstream_conns_per_1k']:.1f} | {ratio('nginx')} | {ratio('bare')} |")
+          f"{m['cpu_us_per_req']:.1f} | {m['peak_rss_mb']:.0f} | {m['upstream_conns_per_1k']:.1f} | {ratio('nginx')} | {ratio('bare')} | "
+          f"{ratio('nginx', 'p99_ms')} | {ratio('nginx', 'peak_rss_mb')} |")
 for conns in sorted({k[1] for k in med}, key=int):
     ok = med.get(("ok", conns, "tollgate"))
     for scenario, label in (("err", "422 normalized"), ("limited", "429 from the gateway")):

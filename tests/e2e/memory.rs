@@ -1,7 +1,8 @@
 //! Memory per connection stays bounded: 2,000 connections that each sent
 //! one request and went quiet must not cost more than 8 KiB each (vendor
-//! patch 12), and 1,000 requests waiting on a slow upstream not more than
-//! 30 KiB each (patch 14). The figures with and without the patches are
+//! patch 12), 1,000 requests waiting on a slow upstream not more than
+//! 30 KiB each (patch 14), and requests waiting in line for an upstream
+//! slot not more than 22 KiB each. The figures with and without them are
 //! in docs/performance.md ("Memory per idle keep-alive connection", "Memory
 //! per request in flight").
 
@@ -9,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::harness::{exclusive, raise_open_files_limit, Gateway, Upstream};
+use crate::harness::{exclusive, metric, raise_open_files_limit, Gateway, Upstream};
 
 const CONNECTIONS: usize = 2000;
 const MAX_KIB_PER_CONNECTION: f64 = 8.0;
@@ -85,26 +86,17 @@ fn idle_keepalive_connections_cost_at_most_8_kib_each() {
     eprintln!("{per_connection:.2} KiB per idle connection");
 }
 
-/// Requests in flight each hold their own state, an upstream connection
-/// and what their heads were read into; not a 4 KiB read buffer for the
-/// request head or for the upstream's answer while it is awaited (vendor
-/// patch 14). 1,000 requests to an upstream that answers after 4 s.
-#[test]
-fn requests_in_flight_cost_at_most_30_kib_each() {
-    const IN_FLIGHT: usize = 1000;
-    let _alone = exclusive();
-    const MAX_KIB_PER_REQUEST: f64 = 30.0;
+/// 1,000 requests to an upstream that answers after 4 s, sent in tens so
+/// the upstream's accept queue never overflows (a dropped SYN is retried
+/// after 1 s, the default connect timeout): the gateway's RSS growth per
+/// request 2 s later, and the connections, still waiting.
+fn rss_growth_per_slow_request(gw: &Gateway) -> (f64, Vec<TcpStream>) {
     const SLOW: &[u8] =
         b"GET /slow?ms=4000 HTTP/1.1\r\nHost: t\r\nUser-Agent: python-requests/2.32.3\r\n\
 Accept: */*\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\r\n";
-    raise_open_files_limit(4 * IN_FLIGHT);
-    // Every one of them in flight at once, none waiting for a slot.
-    let (_up, gw) = warmed_up_gateway(&format!("max_in_flight = {IN_FLIGHT}"));
     let pid = gw.proc.child.id();
     let before = rss_kib(pid);
-    // Sent in tens, so the upstream's accept queue never overflows (a
-    // dropped SYN is retried after 1 s, the default connect timeout).
-    let waiting: Vec<TcpStream> = (0..IN_FLIGHT)
+    let waiting: Vec<TcpStream> = (0..SLOW_REQUESTS)
         .map(|i| {
             if i % 10 == 0 {
                 std::thread::sleep(Duration::from_millis(5));
@@ -116,7 +108,25 @@ Accept: */*\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\
         .collect();
     std::thread::sleep(Duration::from_millis(2000));
     let after = rss_kib(pid);
-    let per_request = after.saturating_sub(before) as f64 / IN_FLIGHT as f64;
+    eprintln!("{before} KiB before, {after} KiB with {SLOW_REQUESTS} requests");
+    let per_request = after.saturating_sub(before) as f64 / SLOW_REQUESTS as f64;
+    (per_request, waiting)
+}
+
+const SLOW_REQUESTS: usize = 1000;
+
+/// Requests in flight each hold their own state, an upstream connection
+/// and what their heads were read into; not a 4 KiB read buffer for the
+/// request head or for the upstream's answer while it is awaited (vendor
+/// patch 14).
+#[test]
+fn requests_in_flight_cost_at_most_30_kib_each() {
+    const MAX_KIB_PER_REQUEST: f64 = 30.0;
+    let _alone = exclusive();
+    raise_open_files_limit(4 * SLOW_REQUESTS);
+    // Every one of them in flight at once, none waiting for a slot.
+    let (_up, gw) = warmed_up_gateway(&format!("max_in_flight = {SLOW_REQUESTS}"));
+    let (per_request, waiting) = rss_growth_per_slow_request(&gw);
     // Every one of them is answered.
     for s in &waiting {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -127,6 +137,26 @@ Accept: */*\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\
     eprintln!("{per_request:.2} KiB per request in flight");
     assert!(
         per_request <= MAX_KIB_PER_REQUEST,
-        "{per_request:.2} KiB per request in flight ({before} KiB before, {after} KiB with {IN_FLIGHT})"
+        "{per_request:.2} KiB per request in flight"
     );
+}
+
+/// A request waiting in line for an `upstream.max_in_flight` slot holds
+/// its connection, parsed head and request state, and nothing of the
+/// upstream's (no upstream connection, session or channels): with one
+/// slot, 999 of the 1,000 wait. Fails at the cost of a request in flight.
+#[test]
+fn requests_waiting_for_a_slot_cost_at_most_22_kib_each() {
+    const MAX_KIB_PER_REQUEST: f64 = 22.0;
+    let _alone = exclusive();
+    raise_open_files_limit(4 * SLOW_REQUESTS);
+    let (_up, gw) = warmed_up_gateway("max_in_flight = 1\nqueue_timeout = \"60s\"");
+    let (per_request, _waiting) = rss_growth_per_slow_request(&gw);
+    eprintln!("{per_request:.2} KiB per request waiting for a slot");
+    assert!(
+        per_request <= MAX_KIB_PER_REQUEST,
+        "{per_request:.2} KiB per request waiting"
+    );
+    let queued = metric(&gw.scrape(), "tollgate_upstream_queued");
+    assert_eq!(queued, (SLOW_REQUESTS - 1) as f64, "all but one wait");
 }
