@@ -3,9 +3,10 @@
 //! arrival order, each for at most `upstream.queue_timeout`
 //! (docs/behaviour.md, "Requests in flight to the upstream").
 //!
-//! Why a gateway queues at all: past about a hundred requests at once, one
+//! Why a gateway queues at all: past some number of requests at once, one
 //! gateway thread holds more per-request state than its caches keep, and
-//! every request costs more CPU, so all of them wait longer. Requests that
+//! every request costs more CPU, so all of them wait longer
+//! (docs/performance.md). Requests that
 //! wait here hold only what reading their head took.
 //!
 //! A slot is held from the moment the request is admitted until the
@@ -95,8 +96,8 @@ mod tests {
             async move { a.admit(timeout).await.is_ok() }
         });
         tokio::task::yield_now().await;
-        assert!(a.try_admit().is_none(), "the freed slot is the waiter's");
         drop(held);
+        assert!(a.try_admit().is_none(), "the freed slot is the waiter's");
         assert!(waiter.await.unwrap(), "admitted once the slot freed");
     }
 

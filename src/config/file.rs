@@ -195,8 +195,8 @@ fn default_keepalive_pool_size() -> usize {
     1024
 }
 /// Requests one proxy thread keeps waiting on the upstream at once by
-/// default: past about a hundred, its per-request state no longer fits the
-/// caches and every request costs more (docs/performance.md).
+/// default: past some number, their state no longer fits the caches and
+/// every request costs more (docs/performance.md, "Under load").
 pub const MAX_IN_FLIGHT_PER_THREAD: usize = 128;
 fn default_queue_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))

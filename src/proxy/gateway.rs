@@ -176,6 +176,9 @@ impl ProxyHttp for Gateway {
     where
         Ctx: Send + Sync,
     {
+        // The upstream is done with this request: its slot goes to the
+        // next in line while the answer is written at the client's pace.
+        upstream::release_slot(ctx);
         let failure = answer::classify(e);
         response::finish_broken_envelope(session, ctx).await;
         let error_code = answer::send_failure(session, ctx, failure).await;

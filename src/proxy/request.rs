@@ -132,11 +132,11 @@ pub async fn refuse_broken_head(session: &mut ServerSession, e: &Error, mut ctx:
     sent
 }
 
-/// The TCP peer's address (none for a Unix socket).
-/// The client has closed its connection: an HTTP/1 socket whose next read
-/// is its end (peeked, without waiting or taking any bytes: a pipelined
-/// request stays where it is). HTTP/2 has no such check: a stream the
-/// client resets is cancelled by Pingora itself.
+/// An HTTP/1 client has closed its connection: its socket's next read is
+/// the end (peeked, without waiting or taking any bytes: a pipelined
+/// request stays where it is). Over TLS a client's close alert reads as
+/// data, so that close is noticed later, when the response is written.
+/// HTTP/2 streams are watched for a reset instead (`upstream::admit`).
 pub fn client_left(session: &Session) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
     let Some(stream) = session.as_downstream().stream() else {
@@ -147,6 +147,7 @@ pub fn client_left(session: &Session) -> bool {
     matches!(recv(stream.id(), &mut byte, flags), Ok(0))
 }
 
+/// The TCP peer's address (none for a Unix socket).
 pub fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
@@ -52,34 +53,48 @@ pub async fn admit(
 }
 
 async fn wait_in_line(
-    session: &Session,
+    session: &mut Session,
     ctx: &mut Ctx,
     admission: &Admission,
 ) -> Result<Option<GatewayAnswer>> {
     let metrics = ctx.rt.metrics.clone();
     let admitted = {
-        // Counted while in line, also when the wait is cancelled (an
-        // HTTP/2 stream reset, a shutdown).
+        // Counted while in line, also when the wait is cancelled (a
+        // shutdown).
         let _in_line = InLine::new(&metrics.upstream_queued);
-        admission.admit(ctx.rt.upstream.queue_timeout).await
+        let wait = admission.admit(ctx.rt.upstream.queue_timeout);
+        match session.as_downstream_mut().watch_h2_stream_close() {
+            // An HTTP/2 client resets a stream it no longer wants.
+            Some(reset) => tokio::select! {
+                admitted = wait => Some(admitted),
+                _ = reset => None,
+            },
+            None => Some(wait.await),
+        }
     };
     match admitted {
-        Ok(_) if request::client_left(session) => Err(Error::explain(
-            ErrorType::ConnectionClosed,
-            "the client left while its request waited for an upstream slot",
-        )
-        .into_down()),
-        Ok(slot) => {
+        None => Err(client_gone()),
+        Some(Ok(_)) if request::client_left(session) => Err(client_gone()),
+        Some(Ok(slot)) => {
             ctx.upstream.slot = Some(slot);
             Ok(None)
         }
-        Err(QueueTimedOut) => {
+        Some(Err(QueueTimedOut)) => {
             metrics.upstream_queue_timeouts.inc();
             Ok(Some(GatewayAnswer::upstream_busy(
                 ctx.rt.upstream.queue_timeout,
             )))
         }
     }
+}
+
+/// The request ends as one whose client went away (status 0 in the log).
+fn client_gone() -> Box<Error> {
+    Error::explain(
+        ErrorType::ConnectionClosed,
+        "the client left while its request waited for an upstream slot",
+    )
+    .into_down()
 }
 
 /// `tollgate_upstream_queued` counts a request for as long as this lives.
@@ -98,18 +113,28 @@ impl Drop for InLine<'_> {
     }
 }
 
+/// Give the request's slot, if it holds one, to the next in line.
+pub fn release_slot(ctx: &mut Ctx) {
+    ctx.upstream.slot = None;
+}
+
 /// Note that the request leaves for the upstream now.
 pub fn note_sent(ctx: &mut Ctx) {
     ctx.upstream.sent_at = Some(Instant::now());
 }
 
 /// Record the upstream's final status and how long it took to answer;
-/// free the request's slot for the next in line.
+/// free the request's slot for the next in line once the upstream has
+/// answered (a final status, or 101: what follows an upgrade is the
+/// client's and the upstream's, however long it lasts).
 pub fn note_answer(resp: &ResponseHeader, ctx: &mut Ctx) {
+    if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+        release_slot(ctx);
+    }
     if resp.status.is_informational() {
         return;
     }
-    ctx.upstream.slot = None;
+    release_slot(ctx);
     ctx.upstream.status = Some(resp.status.as_u16());
     if let Some(sent) = ctx.upstream.sent_at {
         ctx.rt.route_metrics[ctx.route]

@@ -2,47 +2,92 @@
 //! order, at most `upstream.queue_timeout`, then get a 503 envelope; only
 //! the upstream's pace holds a slot (docs/behaviour.md, "Requests in
 //! flight to the upstream").
+//!
+//! Each test takes `exclusive()`: the timing of a queue is only as steady
+//! as the machine, and the heavy tests would share it.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::thread::{sleep, spawn};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread::{spawn, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::harness::{envelope, get, metric, Gateway, Upstream};
+use crate::harness::{envelope, eventually, exclusive, get, metric, Gateway, Upstream, POLL};
 
-/// Two slots, four requests to an upstream that answers after 600 ms: the
-/// first two go at once, the last two wait for them, in arrival order.
-#[test]
-fn requests_past_max_in_flight_wait_their_turn() {
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// Wait until `tollgate_upstream_queued` reads `n`.
+fn wait_queued(gw: &Gateway, n: f64) {
+    wait_queued_at(gw.admin, n);
+}
+
+/// The same, by the admin port (for another thread).
+fn wait_queued_at(admin: u16, n: f64) {
+    eventually(
+        WITHIN,
+        POLL,
+        || format!("{n} requests in line"),
+        || {
+            let scrape = get(admin, "/metrics").ok()?.body_text();
+            (metric(&scrape, "tollgate_upstream_queued") == n).then_some(())
+        },
+    );
+}
+
+/// Wait until the upstream has received `n` requests.
+fn wait_upstream_saw(up: &Upstream, n: u64) {
+    eventually(
+        WITHIN,
+        POLL,
+        || format!("{n} requests upstream"),
+        || (up.requests_seen() == n).then_some(()),
+    );
+}
+
+/// A GET on its own connection and thread: its status and when it ended.
+fn get_in_background(port: u16, path: &'static str) -> JoinHandle<(u16, Instant)> {
+    spawn(move || {
+        let status = get(port, path).expect("an answer").status;
+        (status, Instant::now())
+    })
+}
+
+/// A gateway with one slot (and `extra` `[upstream]` keys), that slot held
+/// by a GET of `holder` already at the upstream.
+fn one_slot_held(
+    extra: &str,
+    holder: &'static str,
+) -> (Upstream, Gateway, JoinHandle<(u16, Instant)>) {
     let up = Upstream::start();
-    let gw = Gateway::start(up.port, "max_in_flight = 2", "");
-    let start = Instant::now();
-    let port = gw.port;
-    let requests: Vec<_> = (0..4)
-        .map(|n| {
-            // Arrivals 50 ms apart, so their order is known.
-            sleep(Duration::from_millis(50));
-            spawn(move || {
-                let r = get(port, &format!("/slow?ms=600&n={n}")).expect("an answer");
-                (r.status, start.elapsed())
-            })
-        })
-        .collect();
-    sleep(Duration::from_millis(300));
-    assert_eq!(metric(&gw.scrape(), "tollgate_upstream_queued"), 2.0);
-    let done: Vec<_> = requests
+    let gw = Gateway::start(up.port, &format!("max_in_flight = 1\n{extra}"), "");
+    let held = get_in_background(gw.port, holder);
+    wait_upstream_saw(&up, 1);
+    (up, gw, held)
+}
+
+/// One slot, three requests to an upstream that answers after 500 ms: the
+/// second and the third wait, and go in arrival order, one after another.
+#[test]
+fn requests_past_max_in_flight_wait_their_turn_in_order() {
+    let _alone = exclusive();
+    let (_up, gw, first) = one_slot_held("", "/slow?ms=500");
+    let second = get_in_background(gw.port, "/slow?ms=500");
+    wait_queued(&gw, 1.0);
+    let third = get_in_background(gw.port, "/slow?ms=500");
+    wait_queued(&gw, 2.0);
+    let ended: Vec<_> = [first, second, third]
         .into_iter()
         .map(|r| r.join().expect("a request"))
         .collect();
-    for (n, (status, at)) in done.iter().enumerate() {
+    for (n, (status, _)) in ended.iter().enumerate() {
         assert_eq!(*status, 200, "request {n}");
-        let (earliest, latest) = if n < 2 { (600, 1100) } else { (1200, 2200) };
+    }
+    for n in 1..3 {
+        let gap = ended[n].1.duration_since(ended[n - 1].1);
         assert!(
-            (earliest..latest).contains(&(at.as_millis() as u64)),
-            "request {n} answered at {at:?}: {done:?}"
+            gap >= Duration::from_millis(450),
+            "request {n} ended {gap:?} after the one before it"
         );
     }
-    assert!(done[2].1 < done[3].1, "in arrival order: {done:?}");
     let scrape = gw.scrape();
     assert_eq!(metric(&scrape, "tollgate_upstream_queued"), 0.0);
     assert_eq!(
@@ -55,11 +100,8 @@ fn requests_past_max_in_flight_wait_their_turn() {
 /// timeout, then gets the gateway's 503 envelope, counted.
 #[test]
 fn a_request_that_waits_past_the_queue_timeout_gets_a_503_envelope() {
-    let up = Upstream::start();
-    let gw = Gateway::start(up.port, "max_in_flight = 1\nqueue_timeout = \"300ms\"", "");
-    let port = gw.port;
-    let holder = spawn(move || get(port, "/slow?ms=2000").expect("an answer").status);
-    sleep(Duration::from_millis(200));
+    let _alone = exclusive();
+    let (up, gw, holder) = one_slot_held("queue_timeout = \"300ms\"", "/slow?ms=3000");
     let start = Instant::now();
     let r = get(gw.port, "/ok").expect("an answer");
     let waited = start.elapsed();
@@ -72,21 +114,17 @@ fn a_request_that_waits_past_the_queue_timeout_gets_a_503_envelope() {
         "{e:?}"
     );
     assert!(
-        (Duration::from_millis(280)..Duration::from_millis(1500)).contains(&waited),
+        (Duration::from_millis(280)..Duration::from_millis(2500)).contains(&waited),
         "answered after {waited:?}"
     );
-    assert_eq!(holder.join().expect("the slow request"), 200);
+    assert_eq!(holder.join().expect("the slow request").0, 200);
     let scrape = gw.scrape();
     assert_eq!(
         metric(&scrape, "tollgate_upstream_queue_timeouts_total"),
         1.0
     );
     assert_eq!(metric(&scrape, "tollgate_upstream_queued"), 0.0);
-    assert_eq!(
-        up.requests_seen(),
-        1,
-        "only the slow one reached the upstream"
-    );
+    assert_eq!(up.requests_seen(), 1, "the refused one never left");
 }
 
 /// A slot is the upstream's to hold, never a client's: it frees when the
@@ -94,12 +132,13 @@ fn a_request_that_waits_past_the_queue_timeout_gets_a_503_envelope() {
 /// with a body, whose pace is its sender's, takes none.
 #[test]
 fn streamed_answers_and_request_bodies_hold_no_slot() {
+    let _alone = exclusive();
     let up = Upstream::start();
     let gw = Gateway::start(up.port, "max_in_flight = 1\nqueue_timeout = \"200ms\"", "");
 
     // An answer that streams for 1.5 s after its header.
     let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(WITHIN)).unwrap();
     s.write_all(b"GET /drip?n=5&ms=300 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut streaming = BufReader::new(s);
@@ -109,36 +148,83 @@ fn streamed_answers_and_request_bodies_hold_no_slot() {
     assert_eq!(get(gw.port, "/ok").expect("an answer").status, 200);
 
     // A slow request holds the slot; a request with a body goes anyway.
-    let port = gw.port;
-    let holder = spawn(move || get(port, "/slow?ms=1500").expect("an answer").status);
-    sleep(Duration::from_millis(200));
+    let holder = get_in_background(gw.port, "/slow?ms=1500");
+    wait_upstream_saw(&up, 3);
     let mut c = gw.connect();
     let r = c.send("POST", "/echo", &[], b"a body").expect("an answer");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["body_len"], 6);
-    assert_eq!(holder.join().expect("the slow request"), 200);
+    assert_eq!(holder.join().expect("the slow request").0, 200);
     assert_eq!(
         metric(&gw.scrape(), "tollgate_upstream_queue_timeouts_total"),
         0.0
     );
 }
 
+/// An upstream that switches protocols on `Upgrade` and then holds the
+/// connection open, and answers anything else with a 200.
+fn upgrading_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("an address").port();
+    spawn(move || {
+        for conn in listener.incoming().flatten() {
+            spawn(move || {
+                let mut reader = BufReader::new(conn);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    if reader.read_line(&mut head).unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                let answer: &[u8] = if head.to_ascii_lowercase().contains("upgrade: websocket") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                };
+                let mut conn = reader.into_inner();
+                let _ = conn.write_all(answer);
+                // Hold an upgraded connection until the client closes it.
+                let _ = conn.read(&mut [0u8; 1]);
+            });
+        }
+    });
+    port
+}
+
+/// An upgraded connection (a WebSocket) frees its slot at the 101: with one
+/// slot, the next request does not wait for the upgraded one to end.
+#[test]
+fn an_upgraded_connection_frees_its_slot_at_the_101() {
+    let _alone = exclusive();
+    let upstream = upgrading_upstream();
+    let gw = Gateway::start(upstream, "max_in_flight = 1\nqueue_timeout = \"300ms\"", "");
+    let mut ws = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    ws.set_read_timeout(Some(WITHIN)).unwrap();
+    ws.write_all(
+        b"GET /socket HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut status_line = String::new();
+    BufReader::new(&ws).read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 101"), "{status_line}");
+    let r = get(gw.port, "/plain").expect("an answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    drop(ws);
+}
+
 /// A client that leaves while its request waits in line: the request ends
 /// there when its turn comes, and the upstream never sees it.
 #[test]
 fn a_request_whose_client_left_while_waiting_is_not_sent() {
-    let up = Upstream::start();
-    let gw = Gateway::start(up.port, "max_in_flight = 1", "");
-    let port = gw.port;
-    let holder = spawn(move || get(port, "/slow?ms=1000").expect("an answer").status);
-    sleep(Duration::from_millis(200));
+    let _alone = exclusive();
+    let (up, gw, holder) = one_slot_held("", "/slow?ms=1000");
     let mut gone = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
     gone.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    sleep(Duration::from_millis(200));
-    assert_eq!(metric(&gw.scrape(), "tollgate_upstream_queued"), 1.0);
+    wait_queued(&gw, 1.0);
     drop(gone);
-    assert_eq!(holder.join().expect("the slow request"), 200);
+    assert_eq!(holder.join().expect("the slow request").0, 200);
     // The next request goes through, on the slot the gone one let go.
     assert_eq!(get(gw.port, "/ok").expect("an answer").status, 200);
     assert_eq!(up.requests_seen(), 2, "the slow one and the last one only");
@@ -151,4 +237,45 @@ fn a_request_whose_client_left_while_waiting_is_not_sent() {
         ),
         1.0
     );
+}
+
+/// Over HTTP/2 a request waits in line like any other and is answered in
+/// its turn; one whose stream the client resets while it waits leaves the
+/// line at once and never reaches the upstream.
+#[test]
+fn http2_streams_wait_their_turn_and_a_reset_one_leaves_the_line() {
+    let _alone = exclusive();
+    let (up, gw, holder) = one_slot_held("", "/slow?ms=1500");
+    let (port, admin) = (gw.port, gw.admin);
+    // Polled from a blocking thread, so the client's connection task runs.
+    let queued = move |n: f64| tokio::task::spawn_blocking(move || wait_queued_at(admin, n));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let request = |path: &str| {
+            http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+                .body(())
+                .unwrap()
+        };
+        let mut client = client.ready().await.unwrap();
+        let (reset, _) = client.send_request(request("/ok?reset"), true).unwrap();
+        let mut client = client.ready().await.unwrap();
+        let (kept, _) = client.send_request(request("/ok?kept"), true).unwrap();
+        queued(2.0).await.unwrap();
+        // Dropping a response future resets its stream.
+        drop(reset);
+        queued(1.0).await.unwrap();
+        kept.await.expect("an answer").status().as_u16()
+    });
+    assert_eq!(status, 200);
+    assert_eq!(holder.join().expect("the slow request").0, 200);
+    assert_eq!(up.requests_seen(), 2, "the slow one and the kept one only");
+    assert_eq!(metric(&gw.scrape(), "tollgate_upstream_queued"), 0.0);
 }
