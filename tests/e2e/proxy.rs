@@ -290,3 +290,65 @@ fn the_upstream_pool_keeps_at_most_its_size() {
     let opened = up.connections_seen() - before - 1;
     assert_eq!(opened, AT_ONCE - POOL, "the second burst opened {opened}");
 }
+
+/// An upstream that answers each request on a connection with a kept-alive
+/// 200, then closes the connection 100 ms later, as an upstream with a
+/// short keep-alive timeout does. Returns its port and a count of the
+/// connections it accepted.
+fn closing_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("an address").port();
+    let accepted = std::sync::Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let mut conn = reader.into_inner();
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                // Dropped: closed while the gateway keeps it idle.
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// An idle upstream connection that the upstream closed is never reused,
+/// and is closed on the gateway's side too within a few seconds, with no
+/// request to notice it (vendor patch 15 keeps idle connections without a
+/// task watching each; one sweep a second checks them all).
+#[test]
+fn an_idle_upstream_connection_the_upstream_closed_is_dropped() {
+    use std::sync::atomic::Ordering;
+    const AT_ONCE: u64 = 6;
+    let (upstream, accepted) = closing_upstream();
+    let gw = Gateway::start(upstream, "", "");
+    let open_fds = || crate::harness::metric(&gw.scrape(), "process_open_fds");
+    let before = open_fds();
+    let port = gw.port;
+    let burst: Vec<_> = (0..AT_ONCE)
+        .map(|_| std::thread::spawn(move || get(port, "/again").expect("an answer").status))
+        .collect();
+    for r in burst {
+        assert_eq!(r.join().expect("a request"), 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), AT_ONCE);
+    // The upstream closes them after 100 ms; the gateway lets them go.
+    crate::harness::eventually(
+        std::time::Duration::from_secs(5),
+        crate::harness::POLL,
+        || format!("open descriptors back to {before} (now {})", open_fds()),
+        || (open_fds() <= before).then_some(()),
+    );
+    // The next request goes out on a new connection and gets its 200.
+    assert_eq!(get(gw.port, "/again").expect("an answer").status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), AT_ONCE + 1);
+}

@@ -15,6 +15,8 @@
 //! Connecting to servers
 
 pub mod http;
+// tollgate patch 15: idle upstream connections without a task each.
+mod idle;
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -33,14 +35,14 @@ use l4::{connect as l4_connect, BindTo};
 use log::{debug, error, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use idle::IdleStreams;
+use pingora_pool::ConnectionMeta;
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +172,10 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    // tollgate patch 15: was a pingora_pool::ConnectionPool, which spawned
+    // a watcher task (and a timer, a lock, an LRU entry) per released stream.
+    idle_streams: Arc<IdleStreams<Stream>>,
+    sweeping: AtomicBool,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -203,7 +208,8 @@ impl TransportConnector {
             .and_then(|o| o.keepalive_pool_callback.clone());
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
-            connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            idle_streams: Arc::new(IdleStreams::new(pool_size)),
+            sweeping: AtomicBool::new(false),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -249,55 +255,18 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if pooled_stream_matches(peer, &stream)
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
-                }
-            }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
+        // tollgate patch 15: the newest idle connection that is still open,
+        // without waiting for a watcher task to let it go.
+        loop {
+            let (stream, expired) = self.idle_streams.take(peer.reuse_hash());
+            report_closed_idle(&self.keepalive_pool_callback, &expired);
+            let mut stream = stream?;
+            // test_reusable_stream: we assume server would never actively send data
+            // first on an idle stream.
+            if pooled_stream_matches(peer, &stream)
+                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+            {
+                return Some(stream);
             }
         }
     }
@@ -318,30 +287,29 @@ impl TransportConnector {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
-        let id = stream.id();
-        let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
+        // tollgate patch 15: kept as it is; no task, timer or lock per stream.
+        let dropped = self.idle_streams.put(key, stream, idle_timeout);
+        report_closed_idle(&self.keepalive_pool_callback, &dropped);
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            self.start_sweeping();
+        }
+    }
+
+    /// tollgate patch 15: one task for the whole store, started with its
+    /// first connection, sweeps it every second until the connector goes.
+    fn start_sweeping(&self) {
+        let idle = Arc::downgrade(&self.idle_streams);
+        let unexpected = self.unexpected_data_conn_count.clone();
+        let callback = self.keepalive_pool_callback.clone();
+        pingora_runtime::current_handle().spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_SWEEP_INTERVAL).await;
+                let Some(idle) = idle.upgrade() else {
+                    return;
+                };
+                let dropped = idle.sweep(|s| test_reusable_stream(s, &unexpected));
+                report_closed_idle(&callback, &dropped);
             }
         });
     }
@@ -511,6 +479,19 @@ fn pooled_stream_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
     } else {
         error!("Crit: FD mismatch: fd: {:?}, addr: {wanted}, peer: {actual}", stream.id());
         false
+    }
+}
+
+/// tollgate patch 15: how often idle upstream connections are swept.
+const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// tollgate patch 15: the pool callback hears of each idle connection
+/// closed without being reused, with how long it was idle.
+fn report_closed_idle(callback: &Option<PoolCallback>, idle_for: &[Duration]) {
+    if let Some(callback) = callback {
+        for &d in idle_for {
+            callback(d);
+        }
     }
 }
 
