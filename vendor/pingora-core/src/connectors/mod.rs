@@ -304,7 +304,9 @@ impl TransportConnector {
         let callback = self.keepalive_pool_callback.clone();
         pingora_runtime::current_handle().spawn(async move {
             loop {
-                tokio::time::sleep(IDLE_SWEEP_INTERVAL).await;
+                // Pingora's timer thread, as its timeouts use: a tokio timer
+                // would make every turn of the runtime read the clock.
+                pingora_timeout::fast_timeout::fast_sleep(IDLE_SWEEP_INTERVAL).await;
                 let Some(idle) = idle.upgrade() else {
                     return;
                 };
