@@ -3,11 +3,11 @@
 //! arrival order, each for at most `upstream.queue_timeout`
 //! (docs/behaviour.md, "Requests in flight to the upstream").
 //!
-//! Why a gateway queues at all: past some number of requests at once, one
-//! gateway thread holds more per-request state than its caches keep, and
-//! every request costs more CPU, so all of them wait longer
-//! (docs/performance.md). Requests that
-//! wait here hold only what reading their head took.
+//! Why a gateway queues at all: each request waiting on the upstream
+//! holds its whole proxying state; one waiting here holds only what
+//! reading its head took. Past some number at once, that is the
+//! difference between a gateway whose memory and tail stay bounded and
+//! one whose state no longer fits its caches (docs/performance.md).
 //!
 //! A slot is held from the moment the request is admitted until the
 //! upstream's response header arrives (or the request ends): only the
