@@ -128,13 +128,13 @@ pub fn note_sent(ctx: &mut Ctx) {
 /// answered (a final status, or 101: what follows an upgrade is the
 /// client's and the upstream's, however long it lasts).
 pub fn note_answer(resp: &ResponseHeader, ctx: &mut Ctx) {
-    if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+    let upgraded = resp.status == StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded || !resp.status.is_informational() {
         release_slot(ctx);
     }
     if resp.status.is_informational() {
         return;
     }
-    release_slot(ctx);
     ctx.upstream.status = Some(resp.status.as_u16());
     if let Some(sent) = ctx.upstream.sent_at {
         ctx.rt.route_metrics[ctx.route]

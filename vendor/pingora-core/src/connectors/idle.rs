@@ -8,7 +8,8 @@
 // would be reused (the connector reads it without waiting first, as it
 // always did) and dropped then; past the store's size the oldest is
 // dropped. One sweep a second, on one task for the whole store, closes
-// those idle past their timeout and those the upstream closed.
+// those idle past their timeout and those the upstream closed; `take`
+// never hands out one past its timeout in between.
 // Guarded by tollgate's e2e tests (vendor/PATCHES.md, row 15).
 
 use std::collections::VecDeque;
@@ -36,8 +37,8 @@ impl<S> Idle<S> {
     }
 }
 
-/// A connection dropped for its age, with how long it was idle.
-pub(crate) type Expired = Duration;
+/// How long a connection closed without being reused had been idle.
+pub(crate) type IdleFor = Duration;
 
 impl<S> IdleStreams<S> {
     pub(crate) fn new(size: usize) -> Self {
@@ -49,10 +50,10 @@ impl<S> IdleStreams<S> {
 
     /// The newest idle connection for `key` that has not timed out, and
     /// the idle times of those dropped on the way.
-    pub(crate) fn take(&self, key: u64) -> (Option<S>, Vec<Expired>) {
+    pub(crate) fn take(&self, key: u64) -> (Option<S>, Vec<IdleFor>) {
         let now = Instant::now();
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let mut expired = drop_expired_front(&mut streams, now);
+        let mut expired = Vec::new();
         while let Some(at) = streams.iter().rposition(|idle| idle.key == key) {
             let Some(idle) = streams.remove(at) else {
                 break;
@@ -66,12 +67,12 @@ impl<S> IdleStreams<S> {
         (None, expired)
     }
 
-    /// Keep `stream` for reuse. Returns the idle times of the connections
-    /// this dropped: timed out, or the oldest past the store's size.
-    pub(crate) fn put(&self, key: u64, stream: S, timeout: Option<Duration>) -> Vec<Expired> {
+    /// Keep `stream` for reuse. Returns the idle times of the oldest
+    /// connections this dropped to stay within the store's size.
+    pub(crate) fn put(&self, key: u64, stream: S, timeout: Option<Duration>) -> Vec<IdleFor> {
         let now = Instant::now();
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let mut dropped = drop_expired_front(&mut streams, now);
+        let mut dropped = Vec::new();
         if self.size == 0 {
             return dropped;
         }
@@ -89,12 +90,9 @@ impl<S> IdleStreams<S> {
         dropped
     }
 
-}
-
-impl<S> IdleStreams<S> {
     /// Drop every connection past its timeout or for which `alive` says
     /// no; returns their idle times.
-    pub(crate) fn sweep(&self, mut alive: impl FnMut(&mut S) -> bool) -> Vec<Expired> {
+    pub(crate) fn sweep(&self, mut alive: impl FnMut(&mut S) -> bool) -> Vec<IdleFor> {
         let now = Instant::now();
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = Vec::new();
@@ -107,16 +105,4 @@ impl<S> IdleStreams<S> {
         });
         dropped
     }
-}
-
-/// Drop the timed-out connections at the old end (the first one still
-/// within its timeout stops the sweep; the rest go when they reach it).
-fn drop_expired_front<S>(streams: &mut VecDeque<Idle<S>>, now: Instant) -> Vec<Expired> {
-    let mut expired = Vec::new();
-    while streams.front().is_some_and(|idle| idle.expired(now)) {
-        if let Some(idle) = streams.pop_front() {
-            expired.push(now.saturating_duration_since(idle.since));
-        }
-    }
-    expired
 }
