@@ -11,7 +11,9 @@ use std::net::{TcpListener, TcpStream};
 use std::thread::{spawn, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::harness::{envelope, eventually, exclusive, get, metric, Gateway, Upstream, POLL};
+use crate::harness::{
+    envelope, eventually, exclusive, get, metric, send_raw_read_status, Gateway, Upstream, POLL,
+};
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -137,13 +139,10 @@ fn streamed_answers_and_request_bodies_hold_no_slot() {
     let gw = Gateway::start(up.port, "max_in_flight = 1\nqueue_timeout = \"200ms\"", "");
 
     // An answer that streams for 1.5 s after its header.
-    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(WITHIN)).unwrap();
-    s.write_all(b"GET /drip?n=5&ms=300 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut streaming = BufReader::new(s);
-    let mut status_line = String::new();
-    streaming.read_line(&mut status_line).unwrap();
+    let (_streaming, status_line) = send_raw_read_status(
+        gw.port,
+        b"GET /drip?n=5&ms=300 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
     assert_eq!(get(gw.port, "/ok").expect("an answer").status, 200);
 
@@ -198,15 +197,11 @@ fn an_upgraded_connection_frees_its_slot_at_the_101() {
     let _alone = exclusive();
     let upstream = upgrading_upstream();
     let gw = Gateway::start(upstream, "max_in_flight = 1\nqueue_timeout = \"300ms\"", "");
-    let mut ws = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    ws.set_read_timeout(Some(WITHIN)).unwrap();
-    ws.write_all(
+    let (ws, status_line) = send_raw_read_status(
+        gw.port,
         b"GET /socket HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    let mut status_line = String::new();
-    BufReader::new(&ws).read_line(&mut status_line).unwrap();
+    );
     assert!(status_line.starts_with("HTTP/1.1 101"), "{status_line}");
     let r = get(gw.port, "/plain").expect("an answer");
     assert_eq!(r.status, 200, "{r:?}");

@@ -439,6 +439,19 @@ impl Conn {
     }
 }
 
+/// Send `raw` on a fresh connection and read the answer's status line; the
+/// reader stays open for the rest of the answer (streams, upgrades).
+pub fn send_raw_read_status(port: u16, raw: &[u8]) -> (BufReader<TcpStream>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a timeout");
+    s.write_all(raw).expect("send");
+    let mut reader = BufReader::new(s);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("a status line");
+    (reader, status_line)
+}
+
 /// One request on a fresh connection.
 pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
     let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;

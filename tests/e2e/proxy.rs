@@ -59,19 +59,16 @@ fn upstream_reason_phrase_and_headers_are_kept() {
 /// event arrive while the upstream is still writing the rest.
 #[test]
 fn streamed_bodies_are_not_held_back() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::BufRead;
     use std::time::{Duration, Instant};
 
     let up = Upstream::start();
     let gw = Gateway::start(up.port, "", "");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let start = Instant::now();
-    s.write_all(b"GET /drip?n=4&ms=400 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
+    let (mut r, mut line) = crate::harness::send_raw_read_status(
+        gw.port,
+        b"GET /drip?n=4&ms=400 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert!(line.starts_with("HTTP/1.1 200"), "{line}");
     let header_at = start.elapsed();
     let mut first_event_at = None;
