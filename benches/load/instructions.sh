@@ -18,7 +18,9 @@
 # tollgate's access line for each non-2xx, NGINX's error-log line for each
 # limit_req rejection (by default both are off here, as in the harness).
 # Set KEEP_CALLGRIND=DIR to keep the callgrind files there for
-# callgrind_annotate. SMOKE=1 builds debug (CI runs it so it cannot rot).
+# callgrind_annotate. Set TOLLGATE_ONLY=1 to count tollgate alone (quicker
+# A/B of one change; no ratios). SMOKE=1 builds debug (CI runs it so it
+# cannot rot).
 # Needs valgrind (callgrind_annotate), nginx and python3; builds release.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -109,22 +111,26 @@ count() {
   echo "$name $total" >> "$work/totals"
 }
 
+if [ -z "${TOLLGATE_ONLY:-}" ]; then
 bare_port=$(free_port)
 bare_refuse=""
 [ "$limit" = 1 ] && bare_refuse=refuse
 count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts} $bare_refuse
 unpatched_port=$(free_port)
 count bare_unpatched "$unpatched_port" -- "$unpatched_dir/bare-unpatched" "127.0.0.1:$unpatched_port" "127.0.0.1:$up_port" 1 $bare_refuse
+fi
 tg_port=$(free_port)
 tollgate_config "$tg_port" "$limit" 1
 if [ -n "${LOGGED:-}" ]; then tollgate_log=info; else tollgate_log=error; fi
 TOLLGATE_LOG=$tollgate_log count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
 # NGINX as the harness runs it (limit_req at 1r/m when LIMIT is 1), without
 # its master process so that the counted process is the one serving.
+if [ -z "${TOLLGATE_ONLY:-}" ]; then
 nginx_port=$(free_port)
 nginx_proxy_config "$nginx_port" "$limit"
 [ -n "${LOGGED:-}" ] && sed -i '/limit_req_log_level/d' "$work/proxy.conf"
 count nginx "$nginx_port" -- nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;"
+fi
 
 if [ -n "${KEEP_CALLGRIND:-}" ]; then
   mkdir -p "$KEEP_CALLGRIND" && cp "$work"/cg.* "$KEEP_CALLGRIND"/
@@ -133,6 +139,10 @@ python3 - "$work/totals" "$requests" "$client" "$inflight" <<'PY'
 import sys
 totals = dict(l.split() for l in open(sys.argv[1]))
 n = int(sys.argv[2])
+if len(totals) == 1:
+    print(f"client {sys.argv[3]}, in flight {sys.argv[4]}: instructions per request: "
+          f"tollgate {int(totals['tollgate']) / n:,.0f}")
+    raise SystemExit
 bare, unpatched, tg, ngx = (int(totals[k]) / n for k in ("bare", "bare_unpatched", "tollgate", "nginx"))
 print(f"client {sys.argv[3]}, in flight {sys.argv[4]}: instructions per request: "
       f"tollgate {tg:,.0f}; bare Pingora unpatched {unpatched:,.0f} (ratio {tg / unpatched:.2f}), "
