@@ -38,6 +38,37 @@ const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 const TRAILER_SIZE_LIMIT: usize = 1024 * 64;
 
 const LAST_CHUNK: &[u8; 5] = &[b'0', CR, LF, CR, LF];
+
+/// tollgate patch 16: a chunk's size line, `{:X}\r\n`, written on the
+/// stack (`format!` allocated a `String` for each chunk written).
+struct ChunkSizeLine {
+    buf: [u8; 2 * std::mem::size_of::<usize>() + 2],
+    start: usize,
+}
+
+impl ChunkSizeLine {
+    fn new(size: usize) -> Self {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut buf = [0u8; 2 * std::mem::size_of::<usize>() + 2];
+        let mut start = buf.len() - 2;
+        buf[start] = CR;
+        buf[start + 1] = LF;
+        let mut rest = size;
+        loop {
+            start -= 1;
+            buf[start] = HEX[rest & 0xF];
+            rest >>= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        ChunkSizeLine { buf, start }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
 const CRLF: &[u8; 2] = &[CR, LF];
@@ -1395,8 +1426,9 @@ impl BodyWriter {
             BM::ChunkedEncoding(written) => {
                 let chunk_size = buf.len();
 
-                let chuck_size_buf = format!("{:X}\r\n", chunk_size);
-                let mut output_buf = Bytes::from(chuck_size_buf).chain(buf).chain(&b"\r\n"[..]);
+                // tollgate patch 16: the size line without an allocation.
+                let size_line = ChunkSizeLine::new(chunk_size);
+                let mut output_buf = Buf::chain(size_line.as_bytes(), buf).chain(&b"\r\n"[..]);
                 stream
                     .write_all_buf(&mut output_buf)
                     .await
@@ -1420,8 +1452,9 @@ impl BodyWriter {
         match self.body_mode {
             BM::ChunkedEncoding(written) => {
                 let chunk_size = buf.len();
-                let mut output_buf = Bytes::from(format!("{:X}\r\n", chunk_size))
-                    .chain(buf)
+                // tollgate patch 16: the size line without an allocation.
+                let size_line = ChunkSizeLine::new(chunk_size);
+                let mut output_buf = Buf::chain(size_line.as_bytes(), buf)
                     .chain(&b"\r\n"[..])
                     .chain(&LAST_CHUNK[..]);
                 stream
@@ -2066,6 +2099,15 @@ mod tests {
 
     fn init_log() {
         let _ = env_logger::builder().is_test(true).try_init();
+    }
+
+    /// tollgate patch 16: the same bytes `format!("{:X}\r\n")` wrote.
+    #[test]
+    fn chunk_size_line_is_upper_hex() {
+        for size in [0, 1, 9, 10, 15, 16, 255, 256, 0xABCDEF, usize::MAX] {
+            let line = ChunkSizeLine::new(size);
+            assert_eq!(line.as_bytes(), format!("{size:X}\r\n").as_bytes());
+        }
     }
 
     #[test]
