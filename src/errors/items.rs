@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::decode::{decode, Decoded};
-use super::json::{push_json_str, write_error_object};
+use super::json::{push_json_str, push_json_value, write_error_object};
 use super::{ErrorClass, ErrorTable};
 
 /// An opted-in 2xx body held until its end, bounded: past `max_body`
@@ -275,10 +275,7 @@ impl ItemError<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         let ErrorClass { kind, code } = &self.class;
         write_error_object(out, [kind, code, &self.message, self.request_id], |out| {
-            // Writing a `Value` into a Vec cannot fail.
-            if serde_json::to_writer(&mut *out, &self.details).is_err() {
-                out.extend_from_slice(b"null");
-            }
+            push_json_value(out, &self.details)
         });
     }
 }

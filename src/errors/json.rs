@@ -4,6 +4,8 @@
 //! (nearly all) go in here with one copy, the others still through
 //! serde_json, so the bytes are the same.
 
+use serde_json::{Map, Value};
+
 /// `{"error":{"type":…,"code":…,"message":…,"request_id":…,"details":…}}`
 /// from the four strings in that order, `details` written by the caller.
 pub fn write_envelope(out: &mut Vec<u8>, strings: [&str; 4], details: impl FnOnce(&mut Vec<u8>)) {
@@ -46,6 +48,47 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// `value` as compact JSON, the bytes serde_json writes: its strings
+/// (keys too) through [`push_json_str`], where serde_json's writer takes
+/// each byte through its escape table; numbers through serde_json.
+pub fn push_json_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            // Writing a number into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, n);
+        }
+        Value::String(s) => push_json_str(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_json_value(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => push_json_object(out, members),
+    }
+}
+
+/// `members` as a compact JSON object, as [`push_json_value`] writes it.
+pub fn push_json_object(out: &mut Vec<u8>, members: &Map<String, Value>) {
+    out.push(b'{');
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(out, key);
+        out.push(b':');
+        push_json_value(out, value);
+    }
+    out.push(b'}');
+}
+
 /// Whether JSON needs any byte of `s` escaped (control, `"` or `\`).
 ///
 /// In blocks of 16 (the last one padded with spaces) OR-ed into 16 lanes,
@@ -74,6 +117,31 @@ fn needs_escape(s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind of value, nested, with strings that need escaping and
+    /// numbers of each representation: the same bytes as serde_json.
+    #[test]
+    fn push_json_value_writes_what_serde_json_writes() {
+        let values = [
+            serde_json::json!(null),
+            serde_json::json!({}),
+            serde_json::json!([]),
+            serde_json::json!({
+                "a": [1, -2, 3.5, 1e300, 18446744073709551615u64, true, false, null],
+                "quote \" key": "control \u{1} tab\t é 🦀 \u{2028}",
+                "nested": {"x": [{"y": []}, {}], "": ""},
+            }),
+            serde_json::json!(["x", [["y"]], {"k": {"k": "v"}}]),
+        ];
+        for value in values {
+            let mut ours = Vec::new();
+            push_json_value(&mut ours, &value);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&value).unwrap()
+            );
+        }
+    }
 
     /// Every length around the 16-byte blocks, with each byte that needs
     /// escaping at every position, and none.

@@ -116,7 +116,11 @@ pub fn normalize(
     if contains_ignoring_case(ctype, "html") || trimmed.starts_with(b"<") {
         return fallback(Source::Html, Value::Null);
     }
-    if let Ok(value) = serde_json::from_slice::<Value>(trimmed) {
+    // One UTF-8 check of the whole body: parsing from bytes checks each
+    // string on its own, at several times the cost. A body that is not
+    // UTF-8 is not JSON either.
+    let text = std::str::from_utf8(trimmed).ok();
+    if let Some(value) = text.and_then(|t| serde_json::from_str::<Value>(t).ok()) {
         let is_problem = contains_ignoring_case(ctype, "problem+json");
         return from_json(value, is_problem, status, request_id, table);
     }

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::json::{push_json_str, write_envelope};
+use super::json::{push_json_object, push_json_str, push_json_value, write_envelope};
 use super::reason_phrase;
 
 /// Which form an error body takes (`errors.format` is the default).
@@ -243,7 +243,7 @@ impl ErrorView<'_> {
         member(out, "details", false);
         match &rest {
             Some(rest) if rest.is_empty() => out.extend_from_slice(b"null"),
-            Some(rest) => write_value(out, rest),
+            Some(rest) => push_json_object(out, rest),
             None => write_details(out, self.details),
         }
         out.push(b'}');
@@ -292,14 +292,7 @@ fn write_details(out: &mut Vec<u8>, details: Details<'_>) {
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.push(b'}');
         }
-        Details::Value(v) => write_value(out, v),
-    }
-}
-
-fn write_value(out: &mut Vec<u8>, value: &impl serde::Serialize) {
-    // Writing into a Vec cannot fail.
-    if serde_json::to_writer(&mut *out, value).is_err() {
-        out.extend_from_slice(b"null");
+        Details::Value(v) => push_json_value(out, v),
     }
 }
 

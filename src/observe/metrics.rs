@@ -3,6 +3,7 @@
 //! or ids. Families with label values known in advance start at zero so
 //! `rate()` and alerts work before the first event.
 
+use std::ops::RangeInclusive;
 use std::sync::OnceLock;
 
 use prometheus::core::Collector;
@@ -96,21 +97,50 @@ pub struct RouteMetrics {
     pub upstream_duration: Histogram,
     /// `tollgate_item_errors_total{route}`, for a route with `item_errors`.
     pub item_errors: Option<IntCounter>,
-    requests: IntCounterVec,
-    /// `tollgate_requests_total{route, status}` for status 100..=599.
-    by_status: Box<[OnceLock<IntCounter>]>,
+    /// `tollgate_requests_total{route, status}`.
+    requests: ByStatus,
 }
 
 impl RouteMetrics {
     /// Count one answered request.
     pub fn count(&self, status: u16) {
-        let counter = |s: u16| {
-            self.requests
-                .with_label_values(&[&self.name, &s.to_string()])
+        self.requests.inc(status);
+    }
+}
+
+/// The counters of a family labelled `{<one fixed value>, status}`, each
+/// resolved on its first use, so counting does no label lookup (which
+/// hashes the labels and takes a lock) within `statuses`, and one outside.
+#[derive(Clone)]
+struct ByStatus {
+    family: IntCounterVec,
+    label: String,
+    first: u16,
+    counters: Box<[OnceLock<IntCounter>]>,
+}
+
+impl ByStatus {
+    fn new(family: &IntCounterVec, label: &str, statuses: RangeInclusive<u16>) -> ByStatus {
+        ByStatus {
+            family: family.clone(),
+            label: label.to_string(),
+            first: *statuses.start(),
+            counters: statuses.map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn inc(&self, status: u16) {
+        let counter = || {
+            let mut text = itoa::Buffer::new();
+            self.family
+                .with_label_values(&[self.label.as_str(), text.format(status)])
         };
-        match self.by_status.get(usize::from(status.wrapping_sub(100))) {
-            Some(cell) => cell.get_or_init(|| counter(status)).inc(),
-            None => counter(status).inc(),
+        let cell = status
+            .checked_sub(self.first)
+            .and_then(|i| self.counters.get(usize::from(i)));
+        match cell {
+            Some(cell) => cell.get_or_init(counter).inc(),
+            None => counter().inc(),
         }
     }
 }
@@ -120,7 +150,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     rate_limited: IntCounterVec,
     rate_limit_shadowed: IntCounterVec,
-    errors_normalized: IntCounterVec,
+    /// `tollgate_errors_normalized_total` by source (in `Source::ALL`'s order) and status.
+    normalized_by_source: Box<[ByStatus]>,
     upstream_failures: IntCounterVec,
     rate_limit_keys: IntGaugeVec,
     rate_limit_overflow: IntCounterVec,
@@ -311,12 +342,16 @@ impl Metrics {
         }
         backend_errors.with_label_values(&["redis"]);
 
+        let normalized_by_source = Source::ALL
+            .iter()
+            .map(|source| ByStatus::new(&errors_normalized, source.as_str(), 400..=599))
+            .collect();
         Metrics {
             registry: reg,
             requests,
             rate_limited,
             rate_limit_shadowed,
-            errors_normalized,
+            normalized_by_source,
             upstream_failures,
             rate_limit_keys,
             rate_limit_overflow,
@@ -333,7 +368,6 @@ impl Metrics {
         }
     }
 
-    /// Handles for one route (call once per route at startup).
     /// Handles for one route; its item-error counter is exported (at zero)
     /// only when the route rewrites items.
     pub fn route(&self, name: &str, rewrites_items: bool) -> RouteMetrics {
@@ -342,8 +376,7 @@ impl Metrics {
             name: name.to_string(),
             request_duration: self.request_duration.with_label_values(&[name]),
             upstream_duration: self.upstream_duration.with_label_values(&[name]),
-            requests: self.requests.clone(),
-            by_status: (100..=599).map(|_| OnceLock::new()).collect(),
+            requests: ByStatus::new(&self.requests, name, 100..=599),
         }
     }
 
@@ -380,9 +413,11 @@ impl Metrics {
     }
 
     pub fn normalized(&self, source: Source, status: u16) {
-        self.errors_normalized
-            .with_label_values(&[source.as_str(), &status.to_string()])
-            .inc();
+        // `Source::ALL` lists every source, so it is always found.
+        let index = Source::ALL.iter().position(|s| *s == source);
+        if let Some(counters) = index.and_then(|i| self.normalized_by_source.get(i)) {
+            counters.inc(status);
+        }
     }
 
     /// Copy the limiter's own counts in (called at scrape time), per rule

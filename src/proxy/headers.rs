@@ -49,14 +49,23 @@ pub fn write_own_fields(out: &mut Vec<u8>, ctx: &Ctx) {
 }
 
 /// Add [`own_headers`] to an upstream's response.
+pub fn add_to_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    edit_response(resp, |headers| insert_own_headers(headers, ctx, 0))
+}
+
+/// Edit an upstream response's headers as a plain `http::HeaderMap`.
 ///
 /// Pingora keeps a second map with each header name's original case and
-/// parses every inserted name, which made these inserts a large share of a
-/// proxied request's cost (docs/performance-history.md). So the response drops the
-/// case map (upstream header names then go out lower-case, as Envoy sends
-/// them; standard ones title-cased) and tollgate's names go in pre-parsed,
-/// after one reservation.
-pub fn add_to_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+/// parses every inserted name, which made tollgate's inserts a large share
+/// of a proxied request's cost (docs/performance-history.md). So the
+/// response drops the case map (upstream header names then go out
+/// lower-case, as Envoy sends them; standard ones title-cased) and the
+/// edit works on the map of values alone, with names parsed at compile
+/// time.
+pub fn edit_response(
+    resp: &mut ResponseHeader,
+    edit: impl FnOnce(&mut http::HeaderMap),
+) -> Result<()> {
     // Only an upstream's own wording needs keeping (and allocating).
     let reason = resp
         .get_reason_phrase()
@@ -64,7 +73,7 @@ pub fn add_to_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
         .map(str::to_owned);
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
-    insert_own_headers(&mut parts.headers, ctx, 0);
+    edit(&mut parts.headers);
     *resp = ResponseHeader::from(parts);
     if reason.is_some() {
         resp.set_reason_phrase(reason.as_deref())?;

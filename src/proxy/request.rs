@@ -65,6 +65,10 @@ pub fn allow_pipelining(session: &mut Session) {
 /// `errors.format` on a tie.
 pub fn error_format(session: &Session, ctx: &Ctx) -> ErrorFormat {
     let accept = session.req_header().headers.get_all(ACCEPT);
+    // Most clients send `*/*` alone, or no `Accept`: the forms tie.
+    if accept.iter().all(|v| v.as_bytes() == b"*/*") {
+        return ctx.rt.error_format;
+    }
     errors::negotiate(
         accept.iter().map(HeaderValue::as_bytes),
         ctx.rt.error_format,

@@ -3,12 +3,13 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING, VARY};
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
 use super::ctx::{Ctx, NormalizedError, SentError};
-use super::headers::X_ITEM_ERRORS;
+use super::headers::{self, X_ITEM_ERRORS};
 
 /// A digest of the upstream's bytes, wrong once the body is replaced.
 static CONTENT_MD5: http::HeaderName = http::HeaderName::from_static("content-md5");
@@ -48,13 +49,21 @@ pub fn begin_envelope(
         .headers
         .get(CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes().trim_ascii() == b"0");
-    for name in [CONTENT_LENGTH, CONTENT_ENCODING, ETAG] {
-        resp.remove_header(&name);
-    }
-    resp.remove_header(&CONTENT_MD5);
     ctx.error_format = request::error_format(session, ctx);
-    resp.insert_header(CONTENT_TYPE, ctx.error_format.content_type())?;
-    vary_on_accept(resp)?;
+    // The envelope's length is known only at its end.
+    let chunked = collected.is_some() && !empty && !session.is_http2();
+    let content_type = HeaderValue::from_static(ctx.error_format.content_type());
+    headers::edit_response(resp, |headers| {
+        for name in [CONTENT_LENGTH, CONTENT_ENCODING, ETAG] {
+            headers.remove(name);
+        }
+        headers.remove(&CONTENT_MD5);
+        headers.insert(CONTENT_TYPE, content_type);
+        vary_on_accept(headers);
+        if chunked {
+            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+    })?;
     let Some(collected) = collected else {
         return Ok(EnvelopeTiming::AtEndOfBody);
     };
@@ -64,25 +73,21 @@ pub fn begin_envelope(
         resp.insert_header(CONTENT_LENGTH, body.len())?;
         return Ok(EnvelopeTiming::Now(body));
     }
-    if !session.is_http2() {
-        resp.insert_header(TRANSFER_ENCODING, "chunked")?;
-    }
     Ok(EnvelopeTiming::AtEndOfBody)
 }
 
 /// Add `Accept` to the upstream's `Vary` (the error's form follows it),
 /// unless it is already there or the upstream varies on everything.
-fn vary_on_accept(resp: &mut ResponseHeader) -> Result<()> {
-    let listed = resp.headers.get_all(VARY).iter().any(|v| {
+fn vary_on_accept(headers: &mut http::HeaderMap) {
+    let listed = headers.get_all(VARY).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .map(<[u8]>::trim_ascii)
             .any(|token| token == b"*" || token.eq_ignore_ascii_case(b"accept"))
     });
     if !listed {
-        resp.append_header(VARY, "Accept")?;
+        headers.append(VARY, HeaderValue::from_static("Accept"));
     }
-    Ok(())
 }
 
 /// Send the header and an envelope that is ready now. Pingora then skips
@@ -209,7 +214,10 @@ fn finish_envelope(ctx: &mut Ctx) -> Option<Bytes> {
     let status = collected.status();
     ctx.rt.metrics.normalized(n.source, status);
     let from_problem = n.source == Source::Problem;
-    let body = Bytes::from(n.envelope.to_bytes(status, ctx.error_format, from_problem));
+    let body = n.envelope.to_bytes(status, ctx.error_format, from_problem);
+    // Exact size, so `Bytes` takes the buffer without allocating a shared
+    // header for its spare capacity.
+    let body = Bytes::from(body.into_boxed_slice());
     ctx.sent = Some(SentError::Normalized(Box::new(NormalizedError {
         envelope: n.envelope,
         source: n.source,
@@ -223,12 +231,12 @@ mod tests {
     use super::*;
 
     fn vary_after(existing: &[&str]) -> Vec<String> {
-        let mut resp = ResponseHeader::build(500, None).unwrap();
+        let mut headers = http::HeaderMap::new();
         for v in existing {
-            resp.append_header(VARY, *v).unwrap();
+            headers.append(VARY, HeaderValue::from_str(v).unwrap());
         }
-        vary_on_accept(&mut resp).unwrap();
-        resp.headers
+        vary_on_accept(&mut headers);
+        headers
             .get_all(VARY)
             .iter()
             .map(|v| v.to_str().unwrap().to_string())
