@@ -150,7 +150,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     rate_limited: IntCounterVec,
     rate_limit_shadowed: IntCounterVec,
-    /// `tollgate_errors_normalized_total` by source (in `Source::ALL`'s order) and status.
+    errors_normalized: IntCounterVec,
+    /// `errors_normalized` by source (in `Source::ALL`'s order) and status.
     normalized_by_source: Box<[ByStatus]>,
     upstream_failures: IntCounterVec,
     rate_limit_keys: IntGaugeVec,
@@ -351,6 +352,7 @@ impl Metrics {
             requests,
             rate_limited,
             rate_limit_shadowed,
+            errors_normalized,
             normalized_by_source,
             upstream_failures,
             rate_limit_keys,
@@ -412,11 +414,18 @@ impl Metrics {
         }
     }
 
+    /// Count one upstream error rewritten from `source`'s dialect.
     pub fn normalized(&self, source: Source, status: u16) {
-        // `Source::ALL` lists every source, so it is always found.
         let index = Source::ALL.iter().position(|s| *s == source);
-        if let Some(counters) = index.and_then(|i| self.normalized_by_source.get(i)) {
-            counters.inc(status);
+        match index.and_then(|i| self.normalized_by_source.get(i)) {
+            Some(counters) => counters.inc(status),
+            // A source left out of `Source::ALL` is still counted.
+            None => {
+                let mut text = itoa::Buffer::new();
+                self.errors_normalized
+                    .with_label_values(&[source.as_str(), text.format(status)])
+                    .inc();
+            }
         }
     }
 
