@@ -38,18 +38,26 @@ const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 const TRAILER_SIZE_LIMIT: usize = 1024 * 64;
 
 const LAST_CHUNK: &[u8; 5] = &[b'0', CR, LF, CR, LF];
+const CR: u8 = b'\r';
+const LF: u8 = b'\n';
+const CRLF: &[u8; 2] = &[CR, LF];
+// This is really the CRLF end of the last trailer (or 0 chunk), + the last CRLF.
+const TRAILERS_END: &[u8; 4] = &[CR, LF, CR, LF];
 
 /// tollgate patch 16: a chunk's size line, `{:X}\r\n`, written on the
 /// stack (`format!` allocated a `String` for each chunk written).
 struct ChunkSizeLine {
-    buf: [u8; 2 * std::mem::size_of::<usize>() + 2],
+    buf: [u8; CHUNK_SIZE_LINE_MAX],
     start: usize,
 }
+
+/// tollgate patch 16: the longest size line, a `usize` in hex and CRLF.
+const CHUNK_SIZE_LINE_MAX: usize = 2 * std::mem::size_of::<usize>() + 2;
 
 impl ChunkSizeLine {
     fn new(size: usize) -> Self {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
-        let mut buf = [0u8; 2 * std::mem::size_of::<usize>() + 2];
+        let mut buf = [0u8; CHUNK_SIZE_LINE_MAX];
         let mut start = buf.len() - 2;
         buf[start] = CR;
         buf[start + 1] = LF;
@@ -69,11 +77,6 @@ impl ChunkSizeLine {
         &self.buf[self.start..]
     }
 }
-const CR: u8 = b'\r';
-const LF: u8 = b'\n';
-const CRLF: &[u8; 2] = &[CR, LF];
-// This is really the CRLF end of the last trailer (or 0 chunk), + the last CRLF.
-const TRAILERS_END: &[u8; 4] = &[CR, LF, CR, LF];
 
 pub const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
 pub const INVALID_TRAILER_END: ErrorType = ErrorType::new("InvalidTrailerEnd");
