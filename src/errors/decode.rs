@@ -13,7 +13,7 @@ pub enum Decoded<'a> {
 /// producing more than `limit` bytes: a zip bomb stops at the limit.
 pub fn decode<'a>(body: &'a [u8], encoding: Option<&str>, limit: usize) -> Decoded<'a> {
     // Most error bodies come unencoded: nothing to split or collect.
-    let Some(encoding) = encoding.filter(|_| !body.is_empty()) else {
+    let Some(encoding) = encoding else {
         return Decoded::Plain(body.into());
     };
     let codings: Vec<String> = encoding
@@ -21,7 +21,7 @@ pub fn decode<'a>(body: &'a [u8], encoding: Option<&str>, limit: usize) -> Decod
         .map(|c| c.trim().to_ascii_lowercase())
         .filter(|c| !c.is_empty() && c != "identity")
         .collect();
-    if codings.is_empty() {
+    if codings.is_empty() || body.is_empty() {
         return Decoded::Plain(body.into());
     }
     let mut data: Vec<u8> = body.to_vec();

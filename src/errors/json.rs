@@ -1,8 +1,9 @@
-//! JSON written straight to bytes: the envelope's fixed shape and its
-//! strings. serde_json writes each key, quote and punctuation mark as its
-//! own small write and escapes byte by byte; strings that need no escaping
-//! (nearly all) go in here with one copy, the others still through
-//! serde_json, so the bytes are the same.
+//! JSON written straight to bytes: the envelope's fixed shape, its
+//! strings and its `details`. serde_json writes each key, quote and
+//! punctuation mark as its own small write and escapes byte by byte;
+//! strings that need no escaping (nearly all) go in here with one copy,
+//! the others and numbers still through serde_json, so the bytes are the
+//! same.
 
 use serde_json::{Map, Value};
 
