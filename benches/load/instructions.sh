@@ -112,12 +112,12 @@ count() {
 }
 
 if [ -z "${TOLLGATE_ONLY:-}" ]; then
-bare_port=$(free_port)
-bare_refuse=""
-[ "$limit" = 1 ] && bare_refuse=refuse
-count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts} $bare_refuse
-unpatched_port=$(free_port)
-count bare_unpatched "$unpatched_port" -- "$unpatched_dir/bare-unpatched" "127.0.0.1:$unpatched_port" "127.0.0.1:$up_port" 1 $bare_refuse
+  bare_port=$(free_port)
+  bare_refuse=""
+  [ "$limit" = 1 ] && bare_refuse=refuse
+  count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts} $bare_refuse
+  unpatched_port=$(free_port)
+  count bare_unpatched "$unpatched_port" -- "$unpatched_dir/bare-unpatched" "127.0.0.1:$unpatched_port" "127.0.0.1:$up_port" 1 $bare_refuse
 fi
 tg_port=$(free_port)
 tollgate_config "$tg_port" "$limit" 1
@@ -126,10 +126,10 @@ TOLLGATE_LOG=$tollgate_log count tollgate "$tg_port" -- "$dir/tollgate" --config
 # NGINX as the harness runs it (limit_req at 1r/m when LIMIT is 1), without
 # its master process so that the counted process is the one serving.
 if [ -z "${TOLLGATE_ONLY:-}" ]; then
-nginx_port=$(free_port)
-nginx_proxy_config "$nginx_port" "$limit"
-[ -n "${LOGGED:-}" ] && sed -i '/limit_req_log_level/d' "$work/proxy.conf"
-count nginx "$nginx_port" -- nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;"
+  nginx_port=$(free_port)
+  nginx_proxy_config "$nginx_port" "$limit"
+  [ -n "${LOGGED:-}" ] && sed -i '/limit_req_log_level/d' "$work/proxy.conf"
+  count nginx "$nginx_port" -- nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" -g "master_process off;"
 fi
 
 if [ -n "${KEEP_CALLGRIND:-}" ]; then

@@ -2,9 +2,9 @@
 //! one request and went quiet must not cost more than 8 KiB each (vendor
 //! patch 12), 1,000 requests waiting on a slow upstream not more than
 //! 30 KiB each (patch 14), and requests waiting in line for an upstream
-//! slot not more than 15 KiB each (patch 17). The figures with and without them are
-//! in docs/performance.md ("Memory per idle keep-alive connection", "Memory
-//! per request in flight").
+//! slot not more than 15 KiB each (patch 17). The figures with and without
+//! them are in docs/performance.md ("Memory per idle keep-alive
+//! connection", "Memory per request in flight").
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
