@@ -362,8 +362,10 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
+                    // tollgate patch 18: boxed (~1.4 KB), so every
+                    // connection's state does not hold room for this answer
+                    // while it waits for a request head.
+                    Box::pin(downstream_session.respond_error(400))
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
@@ -395,8 +397,8 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
+            // tollgate patch 18: boxed, as the 400 above.
+            Box::pin(downstream_session.respond_error(405))
                 .await
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");
@@ -1267,225 +1269,237 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
-    async fn process_request(
+    // tollgate patch 18: an `async move` block in place of an `async fn`,
+    // whose arguments (`session`, `ctx`: ~730 bytes) the compiler keeps
+    // twice in the request's state, once as arguments and once moved
+    // into the body's own locals.
+    fn process_request(
         self: &Arc<Self>,
         mut session: Session,
         mut ctx: <SV as ProxyHttp>::CTX,
-    ) -> Option<ReusedHttpStream>
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + '_
     where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
-        if let Err(e) = self
-            .inner
-            .early_request_filter(&mut session, &mut ctx)
-            .await
-        {
-            return self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
-                .await;
-        }
-
-        if self.inner.allow_spawning_subrequest(&session, &ctx) {
-            session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
-        }
-
-        let req = session.downstream_session.req_header_mut();
-
-        // Built-in downstream request filters go first
-        if let Err(e) = session
-            .downstream_modules_ctx
-            .request_header_filter(req)
-            .await
-        {
-            return self
-                .handle_error(
-                    session,
-                    &mut ctx,
-                    e,
-                    "Failed in downstream modules request filter:",
-                )
-                .await;
-        }
-
-        match self.inner.request_filter(&mut session, &mut ctx).await {
-            Ok(response_sent) => {
-                if response_sent {
-                    // TODO: log error
-                    self.inner.logging(&mut session, None, &mut ctx).await;
-                    self.cleanup_sub_req(&mut session);
-                    let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-                    if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
-                        persistent_settings.set_user_context(uc);
-                    }
-                    // tollgate patch 17: boxed when it starts (~3.9 KB).
-                    return box_in_place(|| session.downstream_session.finish())
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings));
-                }
-                /* else continue */
-            }
-            Err(e) => {
+        async move {
+            if let Err(e) = self
+                .inner
+                .early_request_filter(&mut session, &mut ctx)
+                .await
+            {
                 return self
-                    .handle_error(session, &mut ctx, e, "Fail to filter request:")
+                    .handle_error(session, &mut ctx, e, "Fail to early filter request:")
                     .await;
             }
-        }
 
-        if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
-            // cache hit
-            return self.finish(session, &mut ctx, reuse, err).await;
-        }
-        // either uncacheable, or cache miss
-
-        // there should not be a write lock in the sub req ctx after this point
-        self.cleanup_sub_req(&mut session);
-
-        // decide if the request is allowed to go to upstream
-        match self
-            .inner
-            .proxy_upstream_filter(&mut session, &mut ctx)
-            .await
-        {
-            Ok(proxy_to_upstream) => {
-                if !proxy_to_upstream {
-                    // The hook can choose to write its own response, but if it doesn't, we respond
-                    // with a generic 502
-                    if session.cache.enabled() {
-                        // drop the cache lock that this request may be holding onto
-                        session.cache.disable(NoCacheReason::DeclinedToUpstream);
-                    }
-                    if session.response_written().is_none() {
-                        match session.write_response_header_ref(&BAD_GATEWAY, true).await {
-                            Ok(()) => {}
-                            Err(e) => {
-                                return self
-                                    .handle_error(
-                                        session,
-                                        &mut ctx,
-                                        e,
-                                        "Error responding with Bad Gateway:",
-                                    )
-                                    .await;
-                            }
-                        }
-                    }
-
-                    return self.finish(session, &mut ctx, true, None).await;
-                }
-                /* else continue */
+            if self.inner.allow_spawning_subrequest(&session, &ctx) {
+                session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
             }
-            Err(e) => {
-                if session.cache.enabled() {
-                    session.cache.disable(NoCacheReason::InternalError);
-                }
 
+            let req = session.downstream_session.req_header_mut();
+
+            // Built-in downstream request filters go first
+            if let Err(e) = session
+                .downstream_modules_ctx
+                .request_header_filter(req)
+                .await
+            {
                 return self
                     .handle_error(
                         session,
                         &mut ctx,
                         e,
-                        "Error deciding if we should proxy to upstream:",
+                        "Failed in downstream modules request filter:",
                     )
                     .await;
             }
-        }
 
-        let mut retries: usize = 0;
-
-        let mut server_reuse = false;
-        let mut proxy_error: Option<Box<Error>> = None;
-
-        while retries < self.max_retries {
-            retries += 1;
-
-            // tollgate patch 17: the proxying state (~6 KB) is boxed when it
-            // starts, so a request still in its filters (e.g. waiting in
-            // line for the upstream) does not hold its room.
-            let (reuse, e) = box_in_place(|| self.proxy_to_upstream(&mut session, &mut ctx)).await;
-            server_reuse = reuse;
-
-            match e {
-                Some(error) => {
-                    let retry = error.retry();
-                    // only log error that will be retried here, the final error will be logged below
-                    if retry
-                        && !self.inner.suppress_proxy_warn_log(
-                            &session,
-                            &ctx,
-                            &error,
-                            ProxyWarnLogContext::UpstreamRetry,
-                        )
-                    {
-                        warn!(
-                            "Fail to proxy: {}, tries: {}, retry: {}, {}",
-                            error,
-                            retries,
-                            retry,
-                            self.inner.request_summary(&session, &ctx)
-                        );
+            match self.inner.request_filter(&mut session, &mut ctx).await {
+                Ok(response_sent) => {
+                    if response_sent {
+                        // TODO: log error
+                        self.inner.logging(&mut session, None, &mut ctx).await;
+                        self.cleanup_sub_req(&mut session);
+                        let mut persistent_settings = HttpPersistentSettings::for_session(&session);
+                        if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
+                            persistent_settings.set_user_context(uc);
+                        }
+                        // tollgate patch 17: boxed when it starts (~3.9 KB).
+                        return box_in_place(|| session.downstream_session.finish())
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings));
                     }
-                    proxy_error = Some(error);
-                    if !retry {
+                    /* else continue */
+                }
+                Err(e) => {
+                    return self
+                        .handle_error(session, &mut ctx, e, "Fail to filter request:")
+                        .await;
+                }
+            }
+
+            if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
+                // cache hit
+                return self.finish(session, &mut ctx, reuse, err).await;
+            }
+            // either uncacheable, or cache miss
+
+            // there should not be a write lock in the sub req ctx after this point
+            self.cleanup_sub_req(&mut session);
+
+            // decide if the request is allowed to go to upstream
+            match self
+                .inner
+                .proxy_upstream_filter(&mut session, &mut ctx)
+                .await
+            {
+                Ok(proxy_to_upstream) => {
+                    if !proxy_to_upstream {
+                        // The hook can choose to write its own response, but if it doesn't, we respond
+                        // with a generic 502
+                        if session.cache.enabled() {
+                            // drop the cache lock that this request may be holding onto
+                            session.cache.disable(NoCacheReason::DeclinedToUpstream);
+                        }
+                        if session.response_written().is_none() {
+                            // tollgate patch 18: boxed (~360 bytes).
+                            match Box::pin(session.write_response_header_ref(&BAD_GATEWAY, true))
+                                .await
+                            {
+                                Ok(()) => {}
+                                Err(e) => {
+                                    return self
+                                        .handle_error(
+                                            session,
+                                            &mut ctx,
+                                            e,
+                                            "Error responding with Bad Gateway:",
+                                        )
+                                        .await;
+                                }
+                            }
+                        }
+
+                        return self.finish(session, &mut ctx, true, None).await;
+                    }
+                    /* else continue */
+                }
+                Err(e) => {
+                    if session.cache.enabled() {
+                        session.cache.disable(NoCacheReason::InternalError);
+                    }
+
+                    return self
+                        .handle_error(
+                            session,
+                            &mut ctx,
+                            e,
+                            "Error deciding if we should proxy to upstream:",
+                        )
+                        .await;
+                }
+            }
+
+            let mut retries: usize = 0;
+
+            let mut server_reuse = false;
+            let mut proxy_error: Option<Box<Error>> = None;
+
+            while retries < self.max_retries {
+                retries += 1;
+
+                // tollgate patch 17: the proxying state (~6 KB) is boxed when it
+                // starts, so a request still in its filters (e.g. waiting in
+                // line for the upstream) does not hold its room.
+                let (reuse, e) = box_in_place(|| self.proxy_to_upstream(&mut session, &mut ctx)).await;
+                server_reuse = reuse;
+
+                match e {
+                    Some(error) => {
+                        let retry = error.retry();
+                        // only log error that will be retried here, the final error will be logged below
+                        if retry
+                            && !self.inner.suppress_proxy_warn_log(
+                                &session,
+                                &ctx,
+                                &error,
+                                ProxyWarnLogContext::UpstreamRetry,
+                            )
+                        {
+                            warn!(
+                                "Fail to proxy: {}, tries: {}, retry: {}, {}",
+                                error,
+                                retries,
+                                retry,
+                                self.inner.request_summary(&session, &ctx)
+                            );
+                        }
+                        proxy_error = Some(error);
+                        if !retry {
+                            break;
+                        }
+                    }
+                    None => {
+                        proxy_error = None;
                         break;
                     }
-                }
-                None => {
-                    proxy_error = None;
-                    break;
-                }
-            };
-        }
-
-        // serve stale if error
-        // Check both error and cache before calling the function because await is not cheap
-        // allow unwrap until if let chains
-        #[allow(clippy::unnecessary_unwrap)]
-        let serve_stale_result = if proxy_error.is_some() && session.cache.can_serve_stale_error() {
-            self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap())
-                .await
-        } else {
-            None
-        };
-
-        let final_error = if let Some((reuse, stale_cache_error)) = serve_stale_result {
-            // don't reuse server conn if serve stale polluted it
-            server_reuse = server_reuse && reuse;
-            stale_cache_error
-        } else {
-            proxy_error
-        };
-
-        if let Some(e) = final_error.as_ref() {
-            // If we have errored and are still holding a cache lock, release it.
-            if session.cache.enabled() {
-                let reason = if *e.esource() == ErrorSource::Upstream {
-                    NoCacheReason::UpstreamError
-                } else {
-                    NoCacheReason::InternalError
                 };
-                session.cache.disable(reason);
             }
-            let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
 
-            // final error will have > 0 status unless downstream connection is dead
-            if !self.inner.suppress_error_log(&session, &ctx, e) {
-                error!(
-                    "Fail to proxy: {}, status: {}, tries: {}, retry: {}, {}",
-                    e,
-                    res.error_code,
-                    retries,
-                    false, // we never retry here
-                    self.inner.request_summary(&session, &ctx),
-                );
+            // serve stale if error
+            // Check both error and cache before calling the function because await is not cheap
+            // allow unwrap until if let chains
+            #[allow(clippy::unnecessary_unwrap)]
+            let serve_stale_result = if proxy_error.is_some() && session.cache.can_serve_stale_error() {
+                // tollgate patch 18: boxed (~1.8 KB), as the cache lookup.
+                box_in_place(|| {
+                    self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap())
+                })
+                .await
+            } else {
+                None
+            };
+
+            let final_error = if let Some((reuse, stale_cache_error)) = serve_stale_result {
+                // don't reuse server conn if serve stale polluted it
+                server_reuse = server_reuse && reuse;
+                stale_cache_error
+            } else {
+                proxy_error
+            };
+
+            if let Some(e) = final_error.as_ref() {
+                // If we have errored and are still holding a cache lock, release it.
+                if session.cache.enabled() {
+                    let reason = if *e.esource() == ErrorSource::Upstream {
+                        NoCacheReason::UpstreamError
+                    } else {
+                        NoCacheReason::InternalError
+                    };
+                    session.cache.disable(reason);
+                }
+                let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
+
+                // final error will have > 0 status unless downstream connection is dead
+                if !self.inner.suppress_error_log(&session, &ctx, e) {
+                    error!(
+                        "Fail to proxy: {}, status: {}, tries: {}, retry: {}, {}",
+                        e,
+                        res.error_code,
+                        retries,
+                        false, // we never retry here
+                        self.inner.request_summary(&session, &ctx),
+                    );
+                }
             }
+
+            // logging() will be called in finish()
+            self.finish(session, &mut ctx, server_reuse, final_error)
+                .await
         }
-
-        // logging() will be called in finish()
-        self.finish(session, &mut ctx, server_reuse, final_error)
-            .await
     }
 
     // tollgate patch 17: boxed when it starts, as `finish` (~4.8 KB).
@@ -1707,16 +1721,29 @@ where
         let prev_user_ctx = session.take_connection_user_context();
 
         // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
+        let downstream_session = self.handle_new_request(session).await?; // None: bad request
+
+        // tollgate patch 18: the request's session and context are made in
+        // a plain function, so this future keeps no room for them (~730
+        // bytes) while the request runs.
+        self.start_request(downstream_session, prev_user_ctx, shutdown)
+            .await
+    }
+
+    // tollgate patch 18: the rest of the former `serve_http_request`.
+    fn start_request(
+        self: &Arc<Self>,
+        downstream_session: Box<HttpSession>,
+        prev_user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+        shutdown: &ShutdownWatch,
+    ) -> Pin<Box<impl Future<Output = Option<ReusedHttpStream>> + '_>> {
+        let mut session = Session::new(
+            downstream_session,
+            &self.downstream_modules,
+            #[cfg(feature = "upstream_modules")]
+            &self.upstream_modules,
+            self.shutdown_flag.clone(),
+        );
 
         if *shutdown.borrow() {
             // stop downstream from reusing if this service is shutting down soon
@@ -1734,7 +1761,7 @@ where
         // tollgate patch 12: the request's state is boxed once its head has
         // arrived, so an idle keep-alive connection does not hold it while
         // waiting for the next head.
-        box_in_place(|| self.process_request(session, ctx)).await
+        box_in_place(|| self.process_request(session, ctx))
     }
 }
 
@@ -1742,7 +1769,7 @@ where
 /// makes the future on the stack and copies all of its size (the largest
 /// state it can reach, ~7.6 KB for `process_request`) into the box, where
 /// only its arguments are set yet.
-fn box_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+pub(crate) fn box_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     let mut slot = Box::<F>::new_uninit();
     slot.write(make());
     // SAFETY: `write` has just initialized the box's contents.

@@ -70,7 +70,8 @@ where
 
         // cache purge logic: PURGE short-circuits rest of request
         if self.inner.is_purge(session, ctx) {
-            return self.proxy_purge(session, ctx).await;
+            // tollgate patch 18: boxed, as the lookup below is.
+            return box_in_place(|| self.proxy_purge(session, ctx)).await;
         }
 
         // bypass cache lookup if we predict to be uncacheable
@@ -82,6 +83,21 @@ where
             return None;
         }
 
+        // tollgate patch 18: the lookup's state (~1.8 KB) is boxed when a
+        // cache is on, not kept in every request's state.
+        box_in_place(|| self.proxy_cache_lookup(session, ctx)).await
+    }
+
+    // tollgate patch 18: the cache lookup, split out of `proxy_cache`.
+    async fn proxy_cache_lookup(
+        self: &Arc<Self>,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+    ) -> Option<(bool, Option<Box<Error>>)>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        SV::CTX: Send + Sync,
+    {
         // cache lookup logic
         let mut cache_lock_retries = 0;
         loop {

@@ -234,9 +234,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // tollgate patch 18: the handshake (~940 bytes with the
+                    // stream it takes) is boxed before the connection's task
+                    // is made, so the task does not keep room for it, nor
+                    // the stream twice, for the connection's life.
+                    let peer_addr = io.peer_addr();
+                    let handshake = Box::pin(timeout(Duration::from_secs(60), io.handshake()));
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match handshake.await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

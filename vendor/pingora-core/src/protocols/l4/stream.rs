@@ -520,6 +520,14 @@ impl AsyncWrite for BufferedStream {
 // NOTE: with writer buffering, users need to call flush() to make sure the data is actually
 // sent. Otherwise data could be stuck in the buffer forever or get lost when stream is closed.
 
+/// tollgate patch 18: a write buffer made only while there is writing to
+/// do. `capacity` 0: not lazy, the writer's buffer is what it was built with.
+#[derive(Debug, Default, Clone, Copy)]
+struct LazyWriteBuffer {
+    capacity: usize,
+    held: bool,
+}
+
 /// A concrete type for transport layer connection + extra fields for logging
 #[derive(Debug)]
 pub struct Stream {
@@ -538,6 +546,8 @@ pub struct Stream {
     pub tracer: Option<Tracer>,
     read_pending_time: AccumulatedDuration,
     write_pending_time: AccumulatedDuration,
+    // tollgate patch 18
+    lazy_write: LazyWriteBuffer,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
 }
@@ -629,15 +639,50 @@ impl Stream {
         use std::mem;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
+        // tollgate patch 18: with no read buffer, the write buffer is made
+        // when a write needs it and released while the stream waits for its
+        // next bytes (`poll_read_ready`), not held for the connection's life.
+        let lazy = buffer.read_capacity() == 0;
+        self.lazy_write = LazyWriteBuffer {
+            capacity: if lazy { buffer.write_capacity() } else { 0 },
+            held: false,
+        };
+        let write_capacity = if lazy { 0 } else { buffer.write_capacity() };
         let stream = mem::take(&mut self.stream);
         let stream = stream.map(|s| {
-            BufferedStream::with_capacity(
-                buffer.read_capacity(),
-                buffer.write_capacity(),
-                s.into_inner(),
-            )
+            BufferedStream::with_capacity(buffer.read_capacity(), write_capacity, s.into_inner())
         });
         let _ = mem::replace(&mut self.stream, stream);
+    }
+
+    /// tollgate patch 18: the write buffer, made for a write if it is lazy.
+    fn hold_write_buffer(&mut self) {
+        if self.lazy_write.capacity > 0 && !self.lazy_write.held {
+            self.lazy_write.held = true;
+            self.set_write_capacity(self.lazy_write.capacity);
+        }
+    }
+
+    /// tollgate patch 18: a lazy write buffer goes back to the allocator
+    /// once all it held is written.
+    fn release_write_buffer(&mut self) {
+        if self.lazy_write.held && self.stream().writer().buffer().is_empty() {
+            self.lazy_write.held = false;
+            self.set_write_capacity(0);
+        }
+    }
+
+    /// tollgate patch 18: a new, empty write buffer of `capacity` for a
+    /// stream whose buffer is empty (a zero capacity writes straight
+    /// through). Only a stream with no read buffer has a lazy write buffer,
+    /// so only that kind is rebuilt: a read buffer's bytes are never lost.
+    fn set_write_capacity(&mut self, capacity: usize) {
+        self.stream = match self.stream.take() {
+            Some(BufferedStream::UnbufferedRead(writer)) => Some(BufferedStream::UnbufferedRead(
+                BufWriter::with_capacity(capacity, writer.into_inner()),
+            )),
+            other => other,
+        };
     }
 }
 
@@ -660,6 +705,7 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            lazy_write: LazyWriteBuffer::default(),
         }
     }
 }
@@ -683,6 +729,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            lazy_write: LazyWriteBuffer::default(),
         }
     }
 }
@@ -707,6 +754,7 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            lazy_write: LazyWriteBuffer::default(),
         }
     }
 }
@@ -753,6 +801,7 @@ impl Peek for Stream {
 
     // tollgate patch 12: readiness of the socket, or of bytes already held.
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        self.release_write_buffer(); // tollgate patch 18
         if !self.rewind_read_buf.is_empty() {
             return Poll::Ready(Ok(true));
         }
@@ -892,6 +941,7 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = if self.buffer_write {
+            self.hold_write_buffer(); // tollgate patch 18
             Pin::new(&mut self.stream_mut()).poll_write(cx, buf)
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write(cx, buf)
@@ -918,6 +968,7 @@ impl AsyncWrite for Stream {
         let total_size = bufs.iter().fold(0, |acc, s| acc + s.len());
 
         let result = if self.buffer_write {
+            self.hold_write_buffer(); // tollgate patch 18
             Pin::new(&mut self.stream_mut()).poll_write_vectored(cx, bufs)
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write_vectored(cx, bufs)
