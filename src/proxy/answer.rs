@@ -155,9 +155,20 @@ pub enum ProxyFailure {
     },
 }
 
+/// The client closed or broke its connection: nothing can be sent, and
+/// the failure is not the gateway's or the upstream's.
+pub fn client_gone(e: &Error) -> bool {
+    use ErrorType::*;
+    *e.esource() == ErrorSource::Downstream
+        && matches!(e.etype(), ReadError | WriteError | ConnectionClosed)
+}
+
 /// Map a proxy error to what the client is told.
 pub fn classify(e: &Error) -> ProxyFailure {
     use ErrorType::*;
+    if client_gone(e) {
+        return ProxyFailure::ClientGone;
+    }
     let answer = |status, message, upstream| ProxyFailure::Answer {
         answer: GatewayAnswer::plain(status, message),
         upstream,
@@ -167,7 +178,6 @@ pub fn classify(e: &Error) -> ProxyFailure {
     }
     match e.esource() {
         ErrorSource::Downstream => match e.etype() {
-            ReadError | WriteError | ConnectionClosed => ProxyFailure::ClientGone,
             ReadTimedout => answer(408, "The request was not received in time.", None),
             _ => ProxyFailure::Answer {
                 answer: GatewayAnswer {

@@ -209,7 +209,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 }
 
 /// A client that leaves while its request waits in line: the request ends
-/// there when its turn comes, and the upstream never sees it.
+/// there when its turn comes, the upstream never sees it, and the log
+/// holds its access line but no ERROR line.
 #[test]
 fn a_request_whose_client_left_while_waiting_is_not_sent() {
     let _alone = exclusive();
@@ -223,6 +224,17 @@ fn a_request_whose_client_left_while_waiting_is_not_sent() {
     // The next request goes through, on the slot the gone one let go.
     assert_eq!(get(gw.port, "/ok").expect("an answer").status, 200);
     assert_eq!(up.requests_seen(), 2, "the slow one and the last one only");
+    // Its access line records it; no ERROR line blames the gateway.
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""target":"tollgate::access""#) && l.contains(r#""status":0"#)),
+        "an access line with status 0:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.contains(r#""level":"ERROR""#)),
+        "a client that left is not an error:\n{log}"
+    );
     let scrape = gw.scrape();
     assert_eq!(metric(&scrape, "tollgate_upstream_queued"), 0.0);
     assert_eq!(
