@@ -3,7 +3,7 @@
 # cmake (Pingora's zlib-ng), curl (h2c test), promtool (metrics test),
 # nginx and openssl (the TLS upstream test), redis-server (the shared backend),
 # wrk and valgrind (the load harness), slowhttptest and h2load (the attack
-# tests and benches/attack/).
+# tests and benches/attack/), strace (a test that counts system calls).
 set -euo pipefail
 
 need=()
@@ -20,6 +20,7 @@ command -v taskset >/dev/null || need+=(util-linux)
 command -v slowhttptest >/dev/null || need+=(slowhttptest)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v valgrind >/dev/null || need+=(valgrind)
+command -v strace >/dev/null || need+=(strace)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

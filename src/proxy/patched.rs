@@ -102,3 +102,18 @@ pub fn held_response_header(session: &mut Session) -> Option<&mut ResponseHeader
 pub fn release_response_header(session: &mut Session) {
     session.release_response_header();
 }
+
+/// The client has sent nothing, not even its close, since its request
+/// head was read: its socket's readiness says so without a system call.
+/// `false` when something arrived, or when the session cannot tell
+/// (HTTP/2; TLS streams). Patch 19.
+pub fn client_quiet(session: &mut Session) -> bool {
+    // A waker that does nothing: this is a look, not a wait. (A look
+    // refused by tokio's task budget also reads as quiet: the request is
+    // then sent as it would be without the look.)
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    session
+        .as_downstream_mut()
+        .poll_read_ready(&mut cx)
+        .is_pending()
+}

@@ -14,6 +14,7 @@ use super::answer::{self, GatewayAnswer, NO_RESPONSE};
 use super::ctx::Ctx;
 use super::headers::{X_FORWARDED_FOR, X_REQUEST_ID};
 use super::log::{self, RequestLine};
+use super::patched;
 use crate::client::RequestId;
 use crate::errors::{self, ErrorFormat};
 use crate::rate_limit::{Decision, Outcome, Pending, RequestKeys};
@@ -141,8 +142,13 @@ pub async fn refuse_broken_head(session: &mut ServerSession, e: &Error, mut ctx:
 /// request stays where it is). Over TLS a client's close alert reads as
 /// data, so that close is noticed later, when the response is written.
 /// HTTP/2 streams are watched for a reset instead (`upstream::admit`).
-pub fn client_left(session: &Session) -> bool {
+/// A client that has sent nothing since its head, the usual case, is
+/// known from the socket's readiness alone, with no peek.
+pub fn client_left(session: &mut Session) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
+    if patched::client_quiet(session) {
+        return false;
+    }
     let Some(stream) = session.as_downstream().stream() else {
         return false;
     };

@@ -12,7 +12,8 @@ use std::thread::{spawn, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    envelope, eventually, exclusive, get, metric, send_raw_read_status, Gateway, Upstream, POLL,
+    envelope, eventually, exclusive, get, metric, send_raw_read_status, signal, Gateway, Proc,
+    Upstream, POLL,
 };
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -244,6 +245,58 @@ fn a_request_whose_client_left_while_waiting_is_not_sent() {
         ),
         1.0
     );
+}
+
+/// Requests that waited in line go to the upstream without a system call
+/// to check that their clients are still there: their sockets' readiness
+/// says nothing arrived since their heads (vendor patch 19). `strace`
+/// watches the gateway's reads; without the patch each request's turn
+/// starts with a `recvfrom(…, MSG_PEEK|MSG_DONTWAIT)`.
+#[test]
+fn requests_waiting_in_line_are_sent_without_peeking_at_their_clients() {
+    const WAITING: usize = 20;
+    let _alone = exclusive();
+    let (up, gw, holder) = one_slot_held("", "/slow?ms=3000");
+    let trace = std::env::temp_dir().join(format!("tollgate-reads-{}.strace", gw.port));
+    let mut strace = Proc {
+        child: std::process::Command::new("strace")
+            .args(["-f", "-e", "trace=recvfrom", "-o"])
+            .arg(&trace)
+            .args(["-p", &gw.proc.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace (scripts/deps.sh installs it)"),
+        log: None,
+    };
+    // Attached once it has written something (the gateway's threads poll).
+    eventually(
+        WITHIN,
+        POLL,
+        || "strace attached".to_string(),
+        || {
+            let _ = get(gw.admin, "/healthz");
+            (std::fs::metadata(&trace).ok()?.len() > 0).then_some(())
+        },
+    );
+    let waiting: Vec<_> = (0..WAITING)
+        .map(|_| get_in_background(gw.port, "/ok"))
+        .collect();
+    wait_queued(&gw, WAITING as f64);
+    assert_eq!(holder.join().expect("the slow request").0, 200);
+    for w in waiting {
+        assert_eq!(w.join().expect("a waiting request").0, 200);
+    }
+    assert_eq!(up.requests_seen(), WAITING as u64 + 1);
+    signal(&strace, "INT");
+    strace.child.wait().expect("strace ends");
+    let reads = std::fs::read_to_string(&trace).expect("strace's output");
+    let _ = std::fs::remove_file(&trace);
+    assert!(
+        reads.lines().filter(|l| l.contains("recvfrom(")).count() >= WAITING,
+        "strace saw the requests read:\n{reads}"
+    );
+    let peeks = reads.lines().filter(|l| l.contains("MSG_PEEK")).count();
+    assert_eq!(peeks, 0, "{WAITING} requests sent from the line:\n{reads}");
 }
 
 /// Over HTTP/2 a request waits in line like any other and is answered in

@@ -923,6 +923,18 @@ impl Session {
         }
     }
 
+    /// tollgate patch 19: [`SessionV1::poll_read_ready`] for an HTTP/1
+    /// session; `Ready(Ok(false))`, "cannot tell", for the others.
+    pub fn poll_read_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        match self {
+            Self::H1(s) => s.poll_read_ready(cx),
+            _ => std::task::Poll::Ready(Ok(false)),
+        }
+    }
+
     /// Check if this session supports the cancel-safe proxy task API.
     ///
     /// Currently supported by HTTP/1.x, Subrequest, and opted-in Custom

@@ -2029,6 +2029,18 @@ impl HttpSession {
         &self.underlying_stream
     }
 
+    /// tollgate patch 19: whether anything (bytes, or the client's close)
+    /// has arrived on the connection since it was last read, from the
+    /// socket's readiness, without reading or a system call; patch 12's
+    /// [`crate::protocols::Peek::poll_read_ready`]. `Pending` registers
+    /// `cx`'s waker for the next arrival.
+    pub fn poll_read_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        self.underlying_stream.poll_read_ready(cx)
+    }
+
     /// Consume `self`, the underlying stream will be returned and can be used
     /// directly, for example, in the case of HTTP upgrade. The stream is not
     /// flushed prior to being returned.
