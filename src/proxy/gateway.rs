@@ -188,7 +188,6 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// The request is done: metrics, and the access line when it failed.
     /// Pingora logs every failed request at ERROR; a client that left (one
     /// that gave up while its request waited in line, or closed mid-answer)
     /// is not the gateway's failure, and its access line records it.
@@ -196,6 +195,7 @@ impl ProxyHttp for Gateway {
         answer::client_gone(e)
     }
 
+    /// The request is done: metrics, and the access line when it failed.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         log::finish(session, ctx);
     }

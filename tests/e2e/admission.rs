@@ -258,6 +258,8 @@ fn requests_waiting_in_line_are_sent_without_peeking_at_their_clients() {
     let _alone = exclusive();
     let (up, gw, holder) = one_slot_held("", "/slow?ms=3000");
     let trace = std::env::temp_dir().join(format!("tollgate-reads-{}.strace", gw.port));
+    // A file left by an earlier run would read as "attached" below.
+    let _ = std::fs::remove_file(&trace);
     let mut strace = Proc {
         child: std::process::Command::new("strace")
             .args(["-f", "-e", "trace=recvfrom", "-o"])
