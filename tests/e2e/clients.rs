@@ -214,6 +214,47 @@ fn idle_connections_are_closed_silently_after_the_keepalive_timeout() {
     );
 }
 
+/// A fresh connection that sends nothing is closed after the keep-alive
+/// timeout too, though the gateway also listens for cleartext HTTP/2 on
+/// it (vendor patch 20: the wait for the HTTP/2 preface was unbounded).
+#[test]
+fn a_connection_that_never_sends_is_closed_after_the_keepalive_timeout() {
+    let up = Upstream::start();
+    let gw = Gateway::start_with(up.port, "keepalive_timeout = \"1s\"\nh2c = true", "", "");
+    let (rest, idle) = exchange_after(gw.connect(), Duration::from_secs(5));
+    assert!(rest.is_empty(), "closed without a word: {rest:?}");
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}
+
+/// A whole HTTP/1 request shorter than the HTTP/2 preface (24 bytes) is
+/// answered at once (vendor patch 20: it waited for the preface's length).
+#[test]
+fn a_request_shorter_than_the_http2_preface_is_answered() {
+    let up = Upstream::start();
+    let gw = Gateway::start_with(up.port, "h2c = true", "", "");
+    let request = b"GET /hello HTTP/1.0\r\n\r\n";
+    assert!(request.len() < 24);
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(request).expect("send");
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Wait on an open connection until the gateway closes it.
 fn exchange_after(c: Conn, within: Duration) -> (Vec<u8>, Duration) {
     let mut s = c.into_stream();

@@ -309,10 +309,22 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
+            // tollgate patch 20: the preface is read only until the bytes
+            // differ from it, so an HTTP/1 request shorter than it (`GET /
+            // HTTP/1.0` and its blank line) is answered rather than waiting
+            // for bytes that never come; and a connection that sends
+            // nothing is closed after the HTTP/1 idle timeout, as a
+            // kept-alive one is, rather than held open forever.
+            let check = stream.starts_with(H2_PREFACE);
+            let idle = self
+                .server_options()
+                .and_then(|o| o.h1_client_limits)
+                .map(|l| Duration::from_secs(l.idle_timeout_secs));
+            let started = match idle {
+                Some(idle) => pingora_timeout::timeout(idle, check).await.ok()?,
+                None => check.await,
+            };
+            let started = started
                 .map_err(|e| {
                     // this error is normal when h1 reuse and close the connection
                     debug!("Read error while peeking h2c preface {e}");
@@ -320,9 +332,9 @@ where
                 })
                 .ok()?;
             // not all streams support peeking
-            if peeked {
+            if let Some(is_h2) = started {
                 // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
+                h2c = is_h2;
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

@@ -80,6 +80,14 @@ pub trait Peek {
         Ok(false)
     }
 
+    /// tollgate patch 20: whether the stream starts with `expected`, read
+    /// only until its bytes differ from it (or all of it is there); what
+    /// was read is read again by the next reads. `None`: this stream
+    /// cannot peek (the default).
+    async fn starts_with(&mut self, _expected: &[u8]) -> std::io::Result<Option<bool>> {
+        Ok(None)
+    }
+
     /// tollgate patch 12: wait until a read would find bytes (or the end),
     /// without reading. `Ready(Ok(false))`: this stream cannot tell, just
     /// read it (the default).

@@ -799,6 +799,30 @@ impl Peek for Stream {
         Ok(true)
     }
 
+    // tollgate patch 20: `try_peek` waits for all of `buf`; a request
+    // shorter than the h2c preface never got an answer.
+    async fn starts_with(&mut self, expected: &[u8]) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut read = vec![0u8; expected.len()];
+        let mut filled = 0;
+        let matches = loop {
+            if filled == expected.len() {
+                break true;
+            }
+            let n = self.read(&mut read[filled..]).await?;
+            if n == 0 {
+                // The end came first: whatever was sent is not `expected`.
+                break false;
+            }
+            filled += n;
+            if read[..filled] != expected[..filled] {
+                break false;
+            }
+        };
+        self.rewind(&read[..filled]);
+        Ok(Some(matches))
+    }
+
     // tollgate patch 12: readiness of the socket, or of bytes already held.
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         self.release_write_buffer(); // tollgate patch 18
