@@ -206,12 +206,7 @@ fn idle_connections_are_closed_silently_after_the_keepalive_timeout() {
         .send("GET", "/hello", &[("keep-alive", "timeout=600")], b"")
         .expect("an answer");
     assert_eq!(r.status, 200);
-    let (rest, idle) = exchange_after(c, Duration::from_secs(5));
-    assert!(rest.is_empty(), "closed without a word: {rest:?}");
-    assert!(
-        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
-        "closed after {idle:?}"
-    );
+    assert_closed_silently_after_a_second(c);
 }
 
 /// A fresh connection that sends nothing is closed after the keep-alive
@@ -221,12 +216,7 @@ fn idle_connections_are_closed_silently_after_the_keepalive_timeout() {
 fn a_connection_that_never_sends_is_closed_after_the_keepalive_timeout() {
     let up = Upstream::start();
     let gw = Gateway::start_with(up.port, "keepalive_timeout = \"1s\"\nh2c = true", "", "");
-    let (rest, idle) = exchange_after(gw.connect(), Duration::from_secs(5));
-    assert!(rest.is_empty(), "closed without a word: {rest:?}");
-    assert!(
-        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
-        "closed after {idle:?}"
-    );
+    assert_closed_silently_after_a_second(gw.connect());
 }
 
 /// A whole HTTP/1 request shorter than the HTTP/2 preface (24 bytes) is
@@ -252,6 +242,17 @@ fn a_request_shorter_than_the_http2_preface_is_answered() {
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// The gateway closes `c` without a word, about a second (a 1 s
+/// `keepalive_timeout`) after it went quiet.
+fn assert_closed_silently_after_a_second(c: Conn) {
+    let (rest, idle) = exchange_after(c, Duration::from_secs(5));
+    assert!(rest.is_empty(), "closed without a word: {rest:?}");
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
     );
 }
 
