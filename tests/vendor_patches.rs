@@ -1,12 +1,15 @@
-//! Guards for the vendored `http` patches whose only effect is fewer
-//! allocations (vendor/PATCHES.md, patches 5 and 6): counted here by a
-//! global allocator that counts this thread's allocations. Unpatched, each
-//! of these tests fails.
+//! Guards for the vendored `http` and `pingora-http` patches whose only
+//! effect is fewer allocations (vendor/PATCHES.md, patches 5, 6 and 21):
+//! counted here by a global allocator that counts this thread's
+//! allocations. Unpatched, each allocation test fails; the wire tests
+//! check that patch 21 sends every name in the case it came in.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
 
 struct Counting;
 
@@ -91,5 +94,100 @@ fn tollgate_header_names_parse_without_allocating() {
     assert!(
         custom >= 1,
         "a custom name is copied (so the test can see one)"
+    );
+}
+
+/// A request as Pingora's HTTP/1 reader builds one: names as they came.
+fn parsed_request(lines: &[(&'static str, &'static str)], case: bool) -> RequestHeader {
+    let build = if case {
+        RequestHeader::build
+    } else {
+        RequestHeader::build_no_case
+    };
+    let mut request = build("GET", b"/", Some(lines.len() + 4)).unwrap();
+    for (name, value) in lines {
+        request
+            .append_header(Bytes::from_static(name.as_bytes()), *value)
+            .unwrap();
+    }
+    request
+}
+
+/// The header lines Pingora writes for `request`.
+fn wire(request: &RequestHeader) -> String {
+    let mut out = Vec::new();
+    request.header_to_h1_wire(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+const CLIENT_LIBRARY: [(&str, &str); 5] = [
+    ("Host", "api.test"),
+    ("User-Agent", "python-requests/2.32.3"),
+    ("Accept-Encoding", "gzip, deflate, br"),
+    ("Accept", "*/*"),
+    ("Connection", "keep-alive"),
+];
+
+/// Patch 21: a request whose names are all title case keeps no map of
+/// their case, so copying it (as the proxy does for the upstream) and
+/// adding tollgate's two headers allocate what a request without case
+/// preservation does.
+#[test]
+fn a_title_case_request_keeps_no_case_map() {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let copy_and_add = |request: &RequestHeader| {
+        let mut upstream = request.clone();
+        upstream.reserve_headers(1).unwrap();
+        upstream
+            .insert_parsed_header(&x_request_id, "X-Request-Id", HeaderValue::from_static("r"))
+            .unwrap();
+        upstream
+    };
+    let with_case = parsed_request(&CLIENT_LIBRARY, true);
+    let without_case = parsed_request(&CLIENT_LIBRARY, false);
+    // The first copy of each shares its values' buffers (an allocation of
+    // `bytes`' own); count the second.
+    drop((copy_and_add(&with_case), copy_and_add(&without_case)));
+    let kept = allocations(|| drop(copy_and_add(&with_case)));
+    let none = allocations(|| drop(copy_and_add(&without_case)));
+    assert_eq!(kept, none, "a title case request allocated a case map");
+    assert_eq!(
+        wire(&copy_and_add(&with_case)),
+        "Host: api.test\r\nUser-Agent: python-requests/2.32.3\r\n\
+         Accept-Encoding: gzip, deflate, br\r\nAccept: */*\r\n\
+         Connection: keep-alive\r\nX-Request-Id: r\r\n"
+    );
+}
+
+/// Patch 21: names in any other case are sent as they came, those before
+/// the first of them (kept in title case until then) included, repeated
+/// names and later inserts as well.
+#[test]
+fn header_names_in_other_cases_are_sent_as_they_came() {
+    let mut request = parsed_request(
+        &[
+            ("Host", "api.test"),
+            ("X-Trace", "1"),
+            ("x-api-key", "k"),
+            ("X-Trace", "2"),
+            ("ETag", "\"v\""),
+            ("accept", "*/*"),
+        ],
+        true,
+    );
+    request.insert_header("SOAPAction", "run").unwrap();
+    request.remove_header("accept");
+    request.append_header("X-trace", "3").unwrap();
+    assert_eq!(
+        wire(&request),
+        "Host: api.test\r\nX-Trace: 1\r\nX-Trace: 2\r\nX-trace: 3\r\n\
+         x-api-key: k\r\nETag: \"v\"\r\nSOAPAction: run\r\n"
+    );
+    // Title case until a name in another case is inserted by the proxy.
+    let mut request = parsed_request(&CLIENT_LIBRARY[..2], true);
+    request.insert_header("x-added", "1").unwrap();
+    assert_eq!(
+        wire(&request),
+        "Host: api.test\r\nUser-Agent: python-requests/2.32.3\r\nx-added: 1\r\n"
     );
 }

@@ -81,7 +81,9 @@ pub fn edit_response(
     Ok(())
 }
 
-/// Add `X-Request-Id` and `X-Forwarded-For` to the request bound upstream.
+/// Add `X-Request-Id` and `X-Forwarded-For` to the request bound upstream,
+/// their names in title case: a request whose names are all title case (what
+/// client libraries send) keeps no second map of their case (vendor patch 21).
 pub fn add_to_upstream_request(
     upstream: &mut RequestHeader,
     peer: Option<IpAddr>,
@@ -91,12 +93,12 @@ pub fn add_to_upstream_request(
     patched::insert_request_header(
         upstream,
         &X_REQUEST_ID,
-        "x-request-id",
+        "X-Request-Id",
         ctx.request_id.header_value(),
     )?;
     if let Some(peer) = peer {
         let chain = xff_chain(&upstream.headers, peer)?;
-        patched::insert_request_header(upstream, &X_FORWARDED_FOR, "x-forwarded-for", chain)?;
+        patched::insert_request_header(upstream, &X_FORWARDED_FOR, "X-Forwarded-For", chain)?;
     }
     Ok(())
 }

@@ -74,7 +74,8 @@ pub fn reserve_request_headers(request: &mut RequestHeader, n: usize) -> Result<
 
 /// Add a header to a request bound upstream with its name parsed once
 /// (`wire` is the name as sent). Patch 3: Pingora's `insert_header` parses
-/// each name again and grows both of its maps one insert at a time.
+/// each name again and grows both of its maps one insert at a time. A
+/// `wire` name in title case keeps the case map unmade (patch 21).
 pub fn insert_request_header(
     request: &mut RequestHeader,
     name: &HeaderName,

@@ -167,9 +167,8 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Self> {
         let mut req = Self::build_no_case(method, path, size_hint)?;
-        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        // tollgate patch (vendor/PATCHES.md, 21): the case map starts empty, unallocated.
+        req.header_name_map = Some(CaseMap::default());
         Ok(req)
     }
 
@@ -235,7 +234,8 @@ impl RequestHeader {
     /// Make room for `additional` more headers, in the values and in the case map, so
     /// that the inserts which follow do not grow the maps one at a time.
     pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
-        if let Some(name_map) = self.header_name_map.as_mut() {
+        // An empty case map (patch 21) gets its room when it is filled.
+        if let Some(name_map) = self.header_name_map.as_mut().filter(|m| !m.is_empty()) {
             name_map
                 .try_reserve(additional)
                 .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
@@ -256,9 +256,13 @@ impl RequestHeader {
         value: HeaderValue,
     ) -> Result<()> {
         if let Some(name_map) = self.header_name_map.as_mut() {
-            name_map
-                .try_insert(name.clone(), wire_name.into_case_header_name())
-                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            // tollgate patch (vendor/PATCHES.md, 21): a title case name needs no case map.
+            if !(name_map.is_empty() && is_title_case(wire_name.as_bytes())) {
+                fill_case_map(name_map, &self.base.headers)?;
+                name_map
+                    .try_insert(name.clone(), wire_name.into_case_header_name())
+                    .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            }
         }
         self.base
             .headers
@@ -285,6 +289,9 @@ impl RequestHeader {
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
     /// Otherwise returns an empty iterator.
     ///
+    /// tollgate patch (vendor/PATCHES.md, 21): also empty while every name is in title case
+    /// and no case map was made; [Self::map()] visits the names in either state.
+    ///
     /// Headers of the same name are visited in insertion order.
     pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
         case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
@@ -302,7 +309,15 @@ impl RequestHeader {
         let key_map = self.header_name_map.as_ref();
         let value_map = &self.base.headers;
 
-        if let Some(key_map) = key_map {
+        // tollgate patch (vendor/PATCHES.md, 21): an empty case map means title case names.
+        if key_map.is_some_and(|m| m.is_empty()) {
+            for (header, value) in value_map {
+                let mut titled = Vec::with_capacity(header.as_str().len());
+                put_title_case(&mut titled, header);
+                let titled = std::str::from_utf8(&titled).unwrap_or(header.as_str());
+                f(HeaderNameVariant::Titled(titled), value)?;
+            }
+        } else if let Some(key_map) = key_map {
             let iter = key_map.iter().zip(value_map.iter());
             for ((header, case_header), (header2, val)) in iter {
                 if header != header2 {
@@ -543,9 +558,8 @@ impl From<Box<ResponseHeader>> for Box<RespParts> {
 impl ResponseHeader {
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
-        resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        // tollgate patch (vendor/PATCHES.md, 21): the case map starts empty, unallocated.
+        resp_header.header_name_map = Some(CaseMap::default());
         resp_header
     }
 
@@ -639,6 +653,9 @@ impl ResponseHeader {
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
     /// Otherwise returns an empty iterator.
     ///
+    /// tollgate patch (vendor/PATCHES.md, 21): also empty while every name is in title case
+    /// and no case map was made; [Self::map()] visits the names in either state.
+    ///
     /// Headers of the same name are visited in insertion order.
     pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
         case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
@@ -656,7 +673,15 @@ impl ResponseHeader {
         let key_map = self.header_name_map.as_ref();
         let value_map = &self.base.headers;
 
-        if let Some(key_map) = key_map {
+        // tollgate patch (vendor/PATCHES.md, 21): an empty case map means title case names.
+        if key_map.is_some_and(|m| m.is_empty()) {
+            for (header, value) in value_map {
+                let mut titled = Vec::with_capacity(header.as_str().len());
+                put_title_case(&mut titled, header);
+                let titled = std::str::from_utf8(&titled).unwrap_or(header.as_str());
+                f(HeaderNameVariant::Titled(titled), value)?;
+            }
+        } else if let Some(key_map) = key_map {
             let iter = key_map.iter().zip(value_map.iter());
             for ((header, case_header), (header2, val)) in iter {
                 if header != header2 {
@@ -895,12 +920,16 @@ fn append_header_value<T>(
         .or_err(InvalidHTTPHeader, "invalid header name")?;
     // store the original case in the map
     if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        // tollgate patch (vendor/PATCHES.md, 21): a title case name needs no case map.
+        if !(name_map.is_empty() && is_title_case(case_header_name.as_slice())) {
+            fill_case_map(name_map, value_map)?;
+            // Use the non-panicking `try_append`: the infallible `append` calls
+            // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+            // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
+            name_map
+                .try_append(header_name.clone(), case_header_name)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
     }
 
     // Non-panicking `try_append` for the same reason as the case map above.
@@ -923,8 +952,12 @@ fn insert_header_value<T>(
         .try_into()
         .or_err(InvalidHTTPHeader, "invalid header name")?;
     if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
+        // tollgate patch (vendor/PATCHES.md, 21): a title case name needs no case map.
+        if !(name_map.is_empty() && is_title_case(case_header_name.as_slice())) {
+            fill_case_map(name_map, value_map)?;
+            // store the original case in the map
+            name_map.insert(header_name.clone(), case_header_name);
+        }
     }
     value_map.insert(header_name, value);
     Ok(())
@@ -1046,12 +1079,108 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::from(unfolded)
 }
 
+// tollgate patch (vendor/PATCHES.md, 21): the case map is made only when a header name
+// is not in title case. Until then it stays empty (no allocation, no second insert, clone
+// or drop), and an empty case map next to headers means every name goes out in title case
+// ("Content-Type", "X-Request-Id"): the case most clients and servers write, so the wire
+// bytes are the ones received. The first name in another case fills the map with the title
+// case of the names before it, and from then on it works as before.
+
+/// Whether `name` is in title case: its first letter and each letter after a `-` upper
+/// case, every other letter lower case. Such a name is what [`put_title_case`] writes for it.
+/// A name with a byte past ASCII is not (header names are ASCII tokens).
+fn is_title_case(name: &[u8]) -> bool {
+    let mut after_dash = true;
+    name.chunks(8).all(|chunk| {
+        let word = title_case::load(chunk);
+        let starts = title_case::word_starts(word, &mut after_dash);
+        word & title_case::HIGH == 0
+            && (title_case::letters(word, b'a', b'z') & starts)
+                | (title_case::letters(word, b'A', b'Z') & !starts)
+                == 0
+    })
+}
+
+/// Write `name` (lower case, as `HeaderName` keeps it) in title case.
+fn put_title_case(buf: &mut impl BufMut, name: &HeaderName) {
+    let mut after_dash = true;
+    for chunk in name.as_str().as_bytes().chunks(8) {
+        let word = title_case::load(chunk);
+        let starts = title_case::word_starts(word, &mut after_dash);
+        // 0x80 >> 2 is 0x20, the distance from a lower to an upper case letter.
+        let titled = word - ((title_case::letters(word, b'a', b'z') & starts) >> 2);
+        buf.put_slice(&titled.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+/// Eight name bytes at a time in a `u64` (byte `i` at bits `8i..8i+8`): each answer
+/// below is a mask with 0x80 in the bytes it holds for. Valid for ASCII bytes only.
+mod title_case {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    pub(super) const HIGH: u64 = ONES * 0x80;
+
+    /// Up to eight bytes, zero-padded: a zero byte is no letter and no `-`. Byte by byte
+    /// for a short chunk (a copy of unknown length would be a call to `memcpy`).
+    pub(super) fn load(chunk: &[u8]) -> u64 {
+        match <[u8; 8]>::try_from(chunk) {
+            Ok(bytes) => u64::from_le_bytes(bytes),
+            Err(_) => chunk
+                .iter()
+                .rev()
+                .fold(0, |word, &byte| (word << 8) | u64::from(byte)),
+        }
+    }
+
+    /// The bytes in `lo..=hi`. No sum carries out of its byte while every byte is ASCII.
+    pub(super) fn letters(word: u64, lo: u8, hi: u8) -> u64 {
+        let at_least_lo = word + ONES * (0x80 - lo as u64);
+        let above_hi = word + ONES * (0x7f - hi as u64);
+        at_least_lo & !above_hi & HIGH
+    }
+
+    /// The bytes that start a word: the first of the name and each after a `-`, carried
+    /// from one chunk to the next in `after_dash`.
+    pub(super) fn word_starts(word: u64, after_dash: &mut bool) -> u64 {
+        let dashes = letters(word, b'-', b'-');
+        let starts = (dashes << 8) | if *after_dash { 0x80 } else { 0 };
+        *after_dash = dashes >> 56 != 0;
+        starts
+    }
+}
+
+/// Give an empty case map the title case name of each header value so far, so that it
+/// mirrors `value_map` before a name in another case is added. A no-op for a map in use.
+fn fill_case_map<T>(name_map: &mut CaseMap, value_map: &HMap<T>) -> Result<()> {
+    if !name_map.is_empty() || value_map.is_empty() {
+        return Ok(());
+    }
+    name_map
+        .try_reserve(value_map.capacity())
+        .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    for (header, _) in value_map {
+        let mut titled = Vec::with_capacity(header.as_str().len());
+        put_title_case(&mut titled, header);
+        name_map
+            .try_append(header.clone(), bytes::Bytes::from(titled).into_case_header_name())
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    Ok(())
+}
+
 #[inline]
 fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl BufMut) {
     const CRLF: &[u8; 2] = b"\r\n";
     const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
 
-    if let Some(key_map) = key_map {
+    // tollgate patch (vendor/PATCHES.md, 21): an empty case map means title case names.
+    if key_map.is_some_and(|m| m.is_empty()) {
+        for (header, value) in value_map {
+            put_title_case(buf, header);
+            buf.put_slice(HEADER_KV_DELIMITER);
+            buf.put_slice(value.as_ref());
+            buf.put_slice(CRLF);
+        }
+    } else if let Some(key_map) = key_map {
         case_header_iter(key_map.into(), value_map).for_each(|(case_header, val)| {
             buf.put_slice(case_header.as_slice());
             buf.put_slice(HEADER_KV_DELIMITER);
@@ -1090,6 +1219,42 @@ fn case_header_iter<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // tollgate patch (vendor/PATCHES.md, 21): the eight-at-a-time title case checks and
+    // writes agree with a byte-at-a-time reading of the rule.
+    #[test]
+    fn title_case_agrees_with_byte_at_a_time() {
+        fn reference(name: &[u8]) -> Vec<u8> {
+            let mut word_start = true;
+            name.iter()
+                .map(|&b| {
+                    let out = if word_start { b.to_ascii_uppercase() } else { b.to_ascii_lowercase() };
+                    word_start = b == b'-';
+                    out
+                })
+                .collect()
+        }
+        let names: &[&[u8]] = &[
+            b"Host", b"host", b"HOST", b"User-Agent", b"User-agent", b"user-Agent",
+            b"X-Request-Id", b"X-Request-ID", b"Accept-Encoding", b"ETag", b"TE", b"A", b"a",
+            b"-", b"--X", b"X--y", b"Content-", b"1st-Try", b"1St-Try", b"Sec-Ch-Ua-Platform",
+            b"sec-ch-ua", b"X-Exactly8", b"Abcdefg-", b"Abcdefg-Hij", b"Abcdefg-hij",
+            b"Abcdefgh-Ijklmnop-Qrstuvw", b"Abcdefgh-ijklmnop", b"X_Under~Score!#$%&'*+.^`|",
+            b"A-B-C-D-E-F-G-H-I-J", b"A-B-C-D-E-F-G-H-i-J", b"Zz-Zz-Zz", b"@[`{",
+        ];
+        for name in names {
+            let titled = reference(name);
+            assert_eq!(is_title_case(name), titled == *name, "{}", String::from_utf8_lossy(name));
+            // Not a header name (the bytes around the letters' ranges): checked above only.
+            let Ok(header) = HeaderName::from_bytes(name) else {
+                continue;
+            };
+            let mut out = Vec::new();
+            put_title_case(&mut out, &header);
+            assert_eq!(out, titled, "{}", String::from_utf8_lossy(name));
+        }
+        assert!(!is_title_case("Caf\u{e9}".as_bytes()));
+    }
 
     #[test]
     fn header_map_upper_bound() {
