@@ -145,6 +145,51 @@ fn x_forwarded_for_is_appended() {
     );
 }
 
+/// Hop-by-hop headers end at the gateway (vendor/PATCHES.md, 22 finds
+/// them in one pass over the names): the upstream sees none of those the
+/// client sent, wherever they were among its headers, and all the others.
+#[test]
+fn hop_by_hop_headers_stop_at_the_gateway() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    let hop_by_hop = [
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("Trailer", "X-Sum"),
+        ("Proxy-Authorization", "Basic eDp5"),
+        ("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ("Connection", "keep-alive"),
+    ];
+    let end_to_end = [("X-Before", "1"), ("Accept", "*/*"), ("X-After", "2")];
+    for split in [0, 1, 3] {
+        let sent: Vec<(&str, &str)> = end_to_end[..split]
+            .iter()
+            .chain(&hop_by_hop)
+            .chain(&end_to_end[split..])
+            .copied()
+            .collect();
+        let r = c.send("GET", "/echo", &sent, b"").unwrap();
+        assert_eq!(r.status, 200);
+        let seen = &r.json()["headers"];
+        for (name, value) in hop_by_hop {
+            assert_ne!(
+                seen[name.to_ascii_lowercase()],
+                value,
+                "{name} passed: {seen}"
+            );
+        }
+        for (name, value) in end_to_end {
+            assert_eq!(
+                seen[name.to_ascii_lowercase()],
+                value,
+                "{name} lost: {seen}"
+            );
+        }
+    }
+}
+
 /// tollgate replaces `X-Forwarded-For` and `X-Request-Id` in Pingora's
 /// case-preserving request header (vendor/PATCHES.md, 3): the values and
 /// the original-case map must stay in step, or Pingora panics writing the

@@ -175,17 +175,36 @@ impl ConnectionNominations {
     }
 }
 
+// tollgate patch (vendor/PATCHES.md, 22): the standard hop-by-hop headers, in the order
+// they are removed (a removal reorders the names after it, so the order is kept).
+static STANDARD_HOP_BY_HOP: [HeaderName; 10] = [
+    HeaderName::from_static(KEEP_ALIVE),
+    HeaderName::from_static(PROXY_CONNECTION),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static(HTTP2_SETTINGS),
+];
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    // tollgate patch (vendor/PATCHES.md, 22): one pass over the request's names finds the
+    // hop-by-hop ones it has (usually `Connection` alone), and only those are removed. Ten
+    // removals each hashed their name, and parsed the three given as text, to find most absent.
+    let mut present = 0u16;
+    for name in req.headers.keys() {
+        if let Some(i) = STANDARD_HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in STANDARD_HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            req.remove_header(name);
+        }
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
