@@ -14,6 +14,7 @@
 //! | `/drip?n=N&ms=M` | 200 `text/event-stream`, chunked: the header, then N events M ms apart |
 //! | `/echo` | 200 JSON: method, path, the request headers, body length |
 //! | `/reset?status=N` | status N, `Content-Length: 100`, 10 bytes, then close |
+//! | `/reuse-hint[?connection=V&keep_alive=V]` | 200 with those `Connection` and `Keep-Alive` values, the connection left open |
 //! | `/garbage` | bytes that are not HTTP |
 //! | `/v1/ocr[?gzip=1&chunked=1&pad=N]` | 200 with `ocr_data` items, one failed (`INVALID_DOC`), empty strings for success; `pad` adds an N-byte member |
 //! | `/v1/ocr/not-array` | 200 whose `ocr_data` is an object, not an array |
@@ -157,6 +158,14 @@ async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool>
             } else {
                 full(200, "application/octet-stream", &[], &body)
             }
+        }
+        "/reuse-hint" => {
+            let hints = [("connection", "connection"), ("keep-alive", "keep_alive")];
+            let headers: Vec<(&str, String)> = hints
+                .into_iter()
+                .filter_map(|(name, param)| Some((name, req.param(param)?.to_string())))
+                .collect();
+            full(200, json, &headers, br#"{"ok":true}"#)
         }
         "/custom-head" => {
             let body = br#"{"ok":true}"#;

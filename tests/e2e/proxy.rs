@@ -278,6 +278,36 @@ fn upstream_connections_are_reused() {
     );
 }
 
+/// An upstream's `Connection` header decides whether its connection goes
+/// back to the pool. The demo upstream leaves its side open, so a
+/// connection pooled against its word would be reused. (A `Keep-Alive:
+/// timeout=N` from the upstream does not shorten the pool's own idle
+/// timeout, as with NGINX.)
+#[test]
+fn an_upstreams_connection_header_decides_reuse() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    // New upstream connections for three requests in a row.
+    let mut opened = |path: &str| {
+        let before = up.connections_seen();
+        for _ in 0..3 {
+            assert_eq!(c.request("GET", path).status, 200);
+        }
+        // Less the one `/stats` itself opens.
+        up.connections_seen() - before - 1
+    };
+    assert_eq!(opened("/reuse-hint"), 1, "HTTP/1.1 default: reused");
+    // The first takes the pooled connection, which its answer closes.
+    assert_eq!(
+        opened("/reuse-hint?connection=close"),
+        2,
+        "close: not reused"
+    );
+    let keep = "/reuse-hint?connection=keep-alive&keep_alive=timeout=1";
+    assert_eq!(opened(keep), 1, "keep-alive: reused");
+}
+
 /// HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests sent back to back in one
 /// write are all answered, in order, and the connection stays open.
 /// Pingora's default answers the first and closes.
