@@ -3,7 +3,8 @@
 # cmake (Pingora's zlib-ng), curl (h2c test), promtool (metrics test),
 # nginx and openssl (the TLS upstream test), redis-server (the shared backend),
 # wrk and valgrind (the load harness), slowhttptest and h2load (the attack
-# tests and benches/attack/), strace (a test that counts system calls).
+# tests and benches/attack/), strace (a test that counts system calls),
+# perf (benches/load/profile.sh).
 set -euo pipefail
 
 need=()
@@ -21,6 +22,7 @@ command -v slowhttptest >/dev/null || need+=(slowhttptest)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v strace >/dev/null || need+=(strace)
+command -v perf >/dev/null || need+=(linux-perf)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

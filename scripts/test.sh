@@ -15,4 +15,10 @@ command -v wrk >/dev/null || { echo "wrk missing" >&2; exit 1; }
 benches/load/run.sh --smoke > /dev/null
 SMOKE=1 benches/load/idle.sh 200 > /dev/null
 SMOKE=1 benches/load/instructions.sh 200 > /dev/null
+# perf may be unusable where the kernel forbids sampling or has no tools.
+if perf record -q -o /dev/null -e cpu-clock -- true 2>/dev/null; then
+  SMOKE=1 benches/load/profile.sh tollgate 16 > /dev/null
+else
+  echo "benches/load/profile.sh not smoke-tested: perf cannot sample here"
+fi
 echo "load harness smoke: ok"
