@@ -159,6 +159,54 @@ fn a_title_case_request_keeps_no_case_map() {
     );
 }
 
+/// Patch 21: a request whose names are not in title case (a client that
+/// sends them in lower case) makes its case map once, at the size the
+/// request was built for: two allocations more than a title case one,
+/// not a map that grows as names arrive.
+#[test]
+fn a_lower_case_request_makes_its_case_map_once() {
+    let title: Vec<(&str, &str)> = [
+        "Host",
+        "User-Agent",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Connection",
+        "Cookie",
+        "Referer",
+    ]
+    .into_iter()
+    .map(|name| (name, "v"))
+    .collect();
+    let lower: Vec<(&str, &str)> = [
+        "host",
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "connection",
+        "cookie",
+        "referer",
+    ]
+    .into_iter()
+    .map(|name| (name, "v"))
+    .collect();
+    let title_cost = allocations(|| drop(parsed_request(&title, true)));
+    let lower_cost = allocations(|| drop(parsed_request(&lower, true)));
+    assert_eq!(
+        lower_cost,
+        title_cost + 2,
+        "the case map grew as names came"
+    );
+    assert_eq!(
+        wire(&parsed_request(&lower, true)),
+        lower
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect::<String>()
+    );
+}
+
 /// Patch 21: names in any other case are sent as they came, those before
 /// the first of them (kept in title case until then) included, repeated
 /// names and later inserts as well.

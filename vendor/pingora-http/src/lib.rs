@@ -1148,10 +1148,12 @@ mod title_case {
     }
 }
 
-/// Give an empty case map the title case name of each header value so far, so that it
-/// mirrors `value_map` before a name in another case is added. A no-op for a map in use.
+/// Give an empty case map the room of the values' map (the size the message was built
+/// for, so it does not grow one insert at a time) and the title case name of each header
+/// value so far, so that it mirrors `value_map` before a name in another case is added. A
+/// no-op for a map in use.
 fn fill_case_map<T>(name_map: &mut CaseMap, value_map: &HMap<T>) -> Result<()> {
-    if !name_map.is_empty() || value_map.is_empty() {
+    if !name_map.is_empty() {
         return Ok(());
     }
     name_map
