@@ -34,6 +34,8 @@
 #   TOLLGATE_BIN=PATH measures that tollgate binary instead of this tree's
 #   build (A/B runs against a build without a change); the environment
 #   reaches the proxies (e.g. MIMALLOC_PURGE_DELAY).
+#   MAX_IN_FLIGHT=N runs the tollgate target with upstream.max_in_flight = N
+#   (default: tollgate's own, 128 per thread).
 #   --smoke: 2 s per case, 1 repeat, 64 connections, debug build: checks
 #   that the harness runs (CI), not how fast anything is.
 set -euo pipefail
@@ -125,6 +127,8 @@ start_target() {
       tollgate_config "$target_port" "$limit" "$threads"
       if [ "$name" = tollgate-unqueued ]; then
         sed -i 's/^\[upstream\]$/[upstream]\nmax_in_flight = 1000000/' "$work/tollgate.toml"
+      elif [ -n "${MAX_IN_FLIGHT:-}" ]; then
+        sed -i "s/^\[upstream\]\$/[upstream]\nmax_in_flight = $MAX_IN_FLIGHT/" "$work/tollgate.toml"
       fi
       TOLLGATE_LOG=error $pin_proxy "$tollgate_bin" --config "$work/tollgate.toml" 2>/dev/null &
       target_pid=$! ;;
