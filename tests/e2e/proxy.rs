@@ -179,6 +179,9 @@ fn hop_by_hop_headers_stop_at_the_gateway() {
                 value,
                 "{name} passed: {seen}"
             );
+            // Nor does the gateway send one of its own in its place.
+            let lower = name.to_ascii_lowercase();
+            assert!(seen.get(&lower).is_none(), "{name} sent: {seen}");
         }
         for (name, value) in end_to_end {
             assert_eq!(
