@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
+use pingora::http::{HeaderNameVariant, RequestHeader};
 
 struct Counting;
 
@@ -205,6 +205,79 @@ fn a_lower_case_request_makes_its_case_map_once() {
             .map(|(n, v)| format!("{n}: {v}\r\n"))
             .collect::<String>()
     );
+}
+
+/// Patch 21's title case rule, through the public API, against a
+/// byte-at-a-time reading of it: a name keeps the case map unmade exactly
+/// when it is in title case, goes out as it came either way, and `map`
+/// visits it by that name. Names cross the eight-byte chunks the patch
+/// reads and hold the bytes next to the letters' ranges.
+#[test]
+fn title_case_is_decided_byte_for_byte() {
+    fn is_title_case(name: &str) -> bool {
+        let mut word_start = true;
+        name.bytes().all(|b| {
+            let in_case = if word_start {
+                !b.is_ascii_lowercase()
+            } else {
+                !b.is_ascii_uppercase()
+            };
+            word_start = b == b'-';
+            in_case
+        })
+    }
+    let names = [
+        "Host",
+        "host",
+        "HOST",
+        "User-Agent",
+        "User-agent",
+        "user-Agent",
+        "X-Request-Id",
+        "X-Request-ID",
+        "ETag",
+        "TE",
+        "A",
+        "a",
+        "--X",
+        "X--y",
+        "1st-Try",
+        "1St-Try",
+        "Sec-Ch-Ua-Platform",
+        "sec-ch-ua",
+        "X-Exactly8",
+        "Abcdefg-Hij",
+        "Abcdefg-hij",
+        "Abcdefgh-Ijklmnop-Qrstuvw",
+        "Abcdefgh-ijklmnop",
+        "X_Under~Score!#$%&'*+.^`|",
+        "A-B-C-D-E-F-G-H-I-J",
+        "A-B-C-D-E-F-G-H-i-J",
+        "Zz-Zz-Zz",
+    ];
+    for name in names {
+        let request = parsed_request(&[("Host", "t"), (name, "v")], true);
+        let made = request.case_header_iter().count() > 0;
+        assert_eq!(made, !is_title_case(name), "{name}");
+        // A name equal to `Host` but for case goes under the same entry.
+        let want = format!("Host: t\r\n{name}: v\r\n");
+        assert_eq!(wire(&request), want, "{name}");
+        let mut mapped = Vec::new();
+        request
+            .map(|header, _| {
+                mapped.push(match header {
+                    HeaderNameVariant::Case(case) => case.as_slice().to_vec(),
+                    HeaderNameVariant::Titled(titled) => titled.as_bytes().to_vec(),
+                });
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            mapped.last().map(Vec::as_slice),
+            Some(name.as_bytes()),
+            "{name}"
+        );
+    }
 }
 
 /// Patch 21: names in any other case are sent as they came, those before

@@ -311,12 +311,7 @@ impl RequestHeader {
 
         // tollgate patch (vendor/PATCHES.md, 21): an empty case map means title case names.
         if key_map.is_some_and(|m| m.is_empty()) {
-            for (header, value) in value_map {
-                let mut titled = Vec::with_capacity(header.as_str().len());
-                put_title_case(&mut titled, header);
-                let titled = std::str::from_utf8(&titled).unwrap_or(header.as_str());
-                f(HeaderNameVariant::Titled(titled), value)?;
-            }
+            map_title_case(value_map, f)?;
         } else if let Some(key_map) = key_map {
             let iter = key_map.iter().zip(value_map.iter());
             for ((header, case_header), (header2, val)) in iter {
@@ -675,12 +670,7 @@ impl ResponseHeader {
 
         // tollgate patch (vendor/PATCHES.md, 21): an empty case map means title case names.
         if key_map.is_some_and(|m| m.is_empty()) {
-            for (header, value) in value_map {
-                let mut titled = Vec::with_capacity(header.as_str().len());
-                put_title_case(&mut titled, header);
-                let titled = std::str::from_utf8(&titled).unwrap_or(header.as_str());
-                f(HeaderNameVariant::Titled(titled), value)?;
-            }
+            map_title_case(value_map, f)?;
         } else if let Some(key_map) = key_map {
             let iter = key_map.iter().zip(value_map.iter());
             for ((header, case_header), (header2, val)) in iter {
@@ -1146,6 +1136,21 @@ mod title_case {
         *after_dash = dashes >> 56 != 0;
         starts
     }
+}
+
+/// [`RequestHeader::map`] and [`ResponseHeader::map`] for a message whose names are all in
+/// title case (an empty case map).
+fn map_title_case<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(
+    value_map: &HMap,
+    mut f: F,
+) -> Result<()> {
+    for (header, value) in value_map {
+        let mut titled = Vec::with_capacity(header.as_str().len());
+        put_title_case(&mut titled, header);
+        let titled = std::str::from_utf8(&titled).unwrap_or(header.as_str());
+        f(HeaderNameVariant::Titled(titled), value)?;
+    }
+    Ok(())
 }
 
 /// Give an empty case map the room of the values' map (the size the message was built
