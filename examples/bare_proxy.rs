@@ -1,7 +1,7 @@
 //! The framework floor for the load harness: a Pingora pass-through proxy
 //! with nothing but `upstream_peer`, built with the same profile and
-//! allocator as tollgate and the same listener, scheduling (vendor patch 13)
-//! and upstream pool settings.
+//! allocator as tollgate and the same listener, scheduling (vendor patch 13),
+//! timers and upstream pool settings.
 //!
 //! `bare_proxy LISTEN UPSTREAM [THREADS] [timeouts] [refuse]`
 //!
@@ -31,9 +31,11 @@ fn main() {
         timeouts,
         refuse: args.has("refuse"),
     };
-    // tollgate's schedule (vendor patch 13).
+    // tollgate's schedule (vendor patch 13) and timers (tokio's wheel for
+    // timeouts of a second or more, as `src/proxy/server.rs` sets).
     let tune = |conf: &mut pingora::server::configuration::ServerConf| {
         conf.runtime_fair_scheduling = true;
+        conf.fast_timeout_to_tokio_threshold_seconds = Some(0);
     };
     serve(&args, bare, tune, |logic| {
         if timeouts {

@@ -19,7 +19,8 @@
 # limit_req rejection (by default both are off here, as in the harness).
 # Set KEEP_CALLGRIND=DIR to keep the callgrind files there for
 # callgrind_annotate. Set TOLLGATE_ONLY=1 to count tollgate alone (quicker
-# A/B of one change; no ratios). SMOKE=1 builds debug (CI runs it so it
+# A/B of one change; no ratios), and TOLLGATE_BIN=PATH to count that build
+# of tollgate instead of this tree's. SMOKE=1 builds debug (CI runs it so it
 # cannot rot).
 # Needs valgrind (callgrind_annotate), nginx and python3; builds release.
 set -euo pipefail
@@ -122,7 +123,7 @@ fi
 tg_port=$(free_port)
 tollgate_config "$tg_port" "$limit" 1
 if [ -n "${LOGGED:-}" ]; then tollgate_log=info; else tollgate_log=error; fi
-TOLLGATE_LOG=$tollgate_log count tollgate "$tg_port" -- "$dir/tollgate" --config "$work/tollgate.toml"
+TOLLGATE_LOG=$tollgate_log count tollgate "$tg_port" -- "${TOLLGATE_BIN:-$dir/tollgate}" --config "$work/tollgate.toml"
 # NGINX as the harness runs it (limit_req at 1r/m when LIMIT is 1), without
 # its master process so that the counted process is the one serving.
 if [ -z "${TOLLGATE_ONLY:-}" ]; then
