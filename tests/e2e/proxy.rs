@@ -427,3 +427,173 @@ fn an_idle_upstream_connection_the_upstream_closed_is_dropped() {
     assert_eq!(get(gw.port, "/again").expect("an answer").status, 200);
     assert_eq!(accepted.load(Ordering::SeqCst), AT_ONCE + 1);
 }
+
+/// Large uploads arrive whole, with a length and chunked: many more body
+/// pieces than the pipe between the request's two halves holds at once
+/// (4, vendor patch 23).
+#[test]
+fn large_uploads_stream_through_whole() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port, "", "");
+    let mut c = gw.connect();
+    let body = vec![b'x'; 8 << 20];
+    let r = c.send("POST", "/echo", &[], &body).expect("an answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["body_len"], 8 << 20);
+
+    let mut raw = b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let chunk = vec![b'y'; 30_000];
+    for _ in 0..100 {
+        raw.extend_from_slice(format!("{:X}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(&chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = c.raw(&raw).expect("an answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["body_len"], 100 * 30_000);
+}
+
+/// Serves each connection to `listener` on a thread of its own: reads a
+/// request head, then hands the connection and the head to `answer`.
+fn serve_heads(
+    listener: std::net::TcpListener,
+    answer: fn(std::io::BufReader<std::net::TcpStream>, String),
+) {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    if reader.read_line(&mut head).unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                answer(reader, head);
+            });
+        }
+    });
+}
+
+/// An upstream with a small receive window that reads a request body
+/// slowly and answers with how many bytes came: the gateway's writes to it
+/// block while the client's bytes keep coming.
+fn slow_reading_upstream() -> u16 {
+    use std::io::{Read, Write};
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket
+        .set_recv_buffer_size(16 * 1024)
+        .expect("a small window");
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    socket.bind(&addr.into()).expect("bind");
+    socket.listen(16).expect("listen");
+    let listener: std::net::TcpListener = socket.into();
+    let port = listener.local_addr().expect("an address").port();
+    serve_heads(listener, |mut reader, head| {
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut got = 0;
+        let mut buf = [0u8; 8192];
+        while got < length {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        let body = got.to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = reader.get_mut().write_all(answer.as_bytes());
+    });
+    port
+}
+
+/// An upload to an upstream that reads slowly arrives whole: the pipe
+/// from the request's downstream half to its upstream half fills, and the
+/// downstream half waits for room in it (vendor patch 23).
+#[test]
+fn an_upload_to_a_slow_reader_waits_for_room_and_arrives_whole() {
+    let gw = Gateway::start(slow_reading_upstream(), "", "");
+    let mut c = gw.connect();
+    let body = vec![b'z'; 4 << 20];
+    let r = c.send("POST", "/slow", &[], &body).expect("an answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_text(), (4usize << 20).to_string());
+}
+
+/// An upstream that answers an upgrade (a WebSocket's: the only kind the
+/// gateway forwards) with 101 and then sends back every byte it gets until
+/// the gateway stops sending, then closes.
+fn echoing_upgrade_upstream() -> u16 {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("an address").port();
+    serve_heads(listener, |mut reader, _head| {
+        let mut conn = reader.get_ref().try_clone().expect("a clone");
+        let _ = conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        let _ = std::io::copy(&mut reader, &mut conn);
+    });
+    port
+}
+
+/// An upgraded connection carries bytes both ways, many pieces of them,
+/// through the pipes between the request's two halves (vendor patch 23),
+/// and ends when the client stops sending: the gateway then closes it.
+/// (It stalls if taking a task from a pipe does not wake its sender.)
+#[test]
+fn an_upgraded_connection_carries_bytes_both_ways_until_closed() {
+    use std::io::{Read, Write};
+    let gw = Gateway::start(echoing_upgrade_upstream(), "", "");
+    let (mut reader, status_line) = crate::harness::send_raw_read_status(
+        gw.port,
+        b"GET /pipe HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert!(status_line.starts_with("HTTP/1.1 101"), "{status_line}");
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("the 101's head");
+    }
+    let sent: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut writer = reader.get_ref().try_clone().expect("a clone");
+    let to_send = sent.clone();
+    let sender = std::thread::spawn(move || {
+        for piece in to_send.chunks(10_000) {
+            writer.write_all(piece).expect("send");
+        }
+        writer
+    });
+    let mut echoed = vec![0u8; sent.len()];
+    reader.read_exact(&mut echoed).expect("every byte back");
+    assert!(echoed == sent, "the same bytes in the same order");
+    // The client stops sending; the upgraded connection ends there.
+    let writer = sender.join().expect("the sender");
+    writer
+        .shutdown(std::net::Shutdown::Write)
+        .expect("end the sending side");
+    let mut rest = Vec::new();
+    reader
+        .read_to_end(&mut rest)
+        .expect("the end, not a timeout");
+    assert!(
+        rest.is_empty(),
+        "nothing after the echo: {} bytes",
+        rest.len()
+    );
+}

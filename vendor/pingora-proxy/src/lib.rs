@@ -95,6 +95,8 @@ mod proxy_h2;
 mod proxy_purge;
 mod proxy_trait;
 pub mod subrequest;
+// tollgate patch 23: the pipes between an HTTP/1 request's two halves.
+mod task_pipe;
 
 use subrequest::{BodyMode, Ctx as SubrequestCtx};
 
