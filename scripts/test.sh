@@ -15,6 +15,7 @@ command -v wrk >/dev/null || { echo "wrk missing" >&2; exit 1; }
 benches/load/run.sh --smoke > /dev/null
 SMOKE=1 benches/load/idle.sh 200 > /dev/null
 SMOKE=1 benches/load/instructions.sh 200 > /dev/null
+SMOKE=1 CACHE=1 benches/load/instructions_under_load.sh tollgate /ok 16 > /dev/null
 # perf may be unusable where the kernel forbids sampling or has no tools.
 if perf record -q -o /dev/null -e cpu-clock -- true 2>/dev/null; then
   SMOKE=1 benches/load/profile.sh tollgate 16 > /dev/null
