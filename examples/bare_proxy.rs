@@ -32,10 +32,11 @@ fn main() {
         refuse: args.has("refuse"),
     };
     // tollgate's schedule (vendor patch 13) and timers (tokio's wheel for
-    // timeouts of a second or more, as `src/proxy/server.rs` sets).
+    // timeouts of a second or more).
     let tune = |conf: &mut pingora::server::configuration::ServerConf| {
         conf.runtime_fair_scheduling = true;
-        conf.fast_timeout_to_tokio_threshold_seconds = Some(0);
+        conf.fast_timeout_to_tokio_threshold_seconds =
+            Some(tollgate::proxy::server::TOKIO_TIMER_THRESHOLD_SECS);
     };
     serve(&args, bare, tune, |logic| {
         if timeouts {

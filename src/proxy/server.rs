@@ -22,16 +22,16 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::observe::Metrics;
 
-/// Timeouts longer than this many whole seconds run on tokio's timer wheel
-/// rather than Pingora's own timer thread (0: every timeout of a second or
-/// more). The keep-alive wait and the upstream read each start a timeout
+/// Pingora's threshold for timers: a timeout whose whole seconds exceed
+/// this runs on tokio's timer wheel rather than Pingora's own timer thread
+/// (0: every timeout of a second or more). The keep-alive wait and the upstream read each start a timeout
 /// per request, and Pingora's costs more (a look-up in a shared map of
 /// deadlines, two reference counts and a notifier per timeout, a clock
 /// read to check on its thread) than an entry in tokio's wheel. Pingora
 /// keeps its own timer by default (tokio's only past 15 minutes) for
 /// servers with many threads, which share the runtime's one wheel and its
 /// lock; a sidecar runs one or two. Figures in docs/performance.md.
-const TOKIO_TIMERS_FROM_SECS: u64 = 0;
+pub const TOKIO_TIMER_THRESHOLD_SECS: u64 = 0;
 
 /// Sweeps idle keys from whichever runtime is current.
 struct Janitor {
@@ -155,7 +155,7 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
         ca_file: cfg.upstream.ca_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
-        fast_timeout_to_tokio_threshold_seconds: Some(TOKIO_TIMERS_FROM_SECS),
+        fast_timeout_to_tokio_threshold_seconds: Some(TOKIO_TIMER_THRESHOLD_SECS),
         ..ServerConf::default()
     };
     patched::serve_ready_connections_in_turn(&mut conf);
