@@ -64,7 +64,7 @@ fn wake(slot: &mut Option<Waker>) {
 /// A pipe for at most `TASK_BUFFER_SIZE` tasks in flight.
 pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared(Mutex::new(State {
-        slots: std::array::from_fn(|_| None),
+        slots: Default::default(),
         head: 0,
         len: 0,
         reserved: 0,
@@ -101,40 +101,46 @@ pub(crate) enum TrySendError {
 }
 
 impl<T> Sender<T> {
-    fn poll_reserve(&self, cx: Option<&Context<'_>>) -> Poll<Result<Permit<'_, T>, TrySendError>> {
-        let mut state = self.0.lock();
+    /// Takes a slot for a permit, with the lock held.
+    fn take_slot(state: &mut State<T>) -> Result<(), TrySendError> {
         if state.receiver_gone {
-            return Poll::Ready(Err(TrySendError::Closed));
-        }
-        if state.len + state.reserved < SLOTS {
+            Err(TrySendError::Closed)
+        } else if state.len + state.reserved < SLOTS {
             state.reserved += 1;
-            return Poll::Ready(Ok(Permit {
-                sender: self,
-                used: false,
-            }));
+            Ok(())
+        } else {
+            Err(TrySendError::Full)
         }
-        match cx {
-            Some(cx) => {
-                remember(&mut state.sender_waiting, cx);
-                Poll::Pending
-            }
-            None => Poll::Ready(Err(TrySendError::Full)),
+    }
+
+    fn permit(&self) -> Permit<'_, T> {
+        Permit {
+            sender: self,
+            used: false,
         }
     }
 
     /// A slot now, or why not.
     pub fn try_reserve(&self) -> Result<Permit<'_, T>, TrySendError> {
-        match self.poll_reserve(None) {
-            Poll::Ready(r) => r,
-            Poll::Pending => Err(TrySendError::Full),
-        }
+        Self::take_slot(&mut self.0.lock()).map(|()| self.permit())
     }
 
     /// Waits for a slot; fails once the receiver is gone.
     pub async fn reserve(&self) -> Result<Permit<'_, T>, SendError<()>> {
-        poll_fn(|cx| self.poll_reserve(Some(cx)))
-            .await
-            .map_err(|_| SendError(()))
+        poll_fn(|cx| {
+            // One lock for the check and the waker: a slot freed in
+            // between cannot go unnoticed.
+            let mut state = self.0.lock();
+            match Self::take_slot(&mut state) {
+                Ok(()) => Poll::Ready(Ok(self.permit())),
+                Err(TrySendError::Closed) => Poll::Ready(Err(SendError(()))),
+                Err(TrySendError::Full) => {
+                    remember(&mut state.sender_waiting, cx);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
     /// Waits for a slot and sends; the task comes back if the receiver is gone.
@@ -162,8 +168,6 @@ impl<T> Permit<'_, T> {
         let mut state = self.sender.0.lock();
         state.reserved -= 1;
         if state.receiver_gone {
-            drop(state);
-            drop(task);
             return;
         }
         let tail = (state.head + state.len) % SLOTS;
@@ -220,7 +224,7 @@ impl<T> Drop for Receiver<T> {
         let mut state = self.0.lock();
         state.receiver_gone = true;
         // The tasks left are dropped after the lock is let go.
-        let left = std::mem::replace(&mut state.slots, std::array::from_fn(|_| None));
+        let left = std::mem::take(&mut state.slots);
         state.len = 0;
         wake(&mut state.sender_waiting);
         drop(state);
