@@ -6,7 +6,7 @@
 //! Each test takes `exclusive()`: the timing of a queue is only as steady
 //! as the machine, and the heavy tests would share it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread::{spawn, JoinHandle};
 use std::time::{Duration, Instant};
@@ -166,27 +166,16 @@ fn streamed_answers_and_request_bodies_hold_no_slot() {
 fn upgrading_upstream() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("an address").port();
-    spawn(move || {
-        for conn in listener.incoming().flatten() {
-            spawn(move || {
-                let mut reader = BufReader::new(conn);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    if reader.read_line(&mut head).unwrap_or(0) == 0 {
-                        return;
-                    }
-                }
-                let answer: &[u8] = if head.to_ascii_lowercase().contains("upgrade: websocket") {
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-                };
-                let mut conn = reader.into_inner();
-                let _ = conn.write_all(answer);
-                // Hold an upgraded connection until the client closes it.
-                let _ = conn.read(&mut [0u8; 1]);
-            });
-        }
+    crate::harness::serve_heads(listener, |reader, head| {
+        let answer: &[u8] = if head.to_ascii_lowercase().contains("upgrade: websocket") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        };
+        let mut conn = reader.into_inner();
+        let _ = conn.write_all(answer);
+        // Hold an upgraded connection until the client closes it.
+        let _ = conn.read(&mut [0u8; 1]);
     });
     port
 }

@@ -627,3 +627,23 @@ impl PrivateCa {
         assert!(status.success(), "openssl {args:?}");
     }
 }
+
+/// Serves each connection to `listener` on a thread of its own: reads a
+/// request head, then hands the connection and the head to `answer`
+/// (upstreams that tests need to misbehave in their own way).
+pub fn serve_heads(listener: TcpListener, answer: fn(BufReader<TcpStream>, String)) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    if reader.read_line(&mut head).unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                answer(reader, head);
+            });
+        }
+    });
+}

@@ -454,32 +454,21 @@ fn large_uploads_stream_through_whole() {
     assert_eq!(r.json()["body_len"], 100 * 30_000);
 }
 
-/// Serves each connection to `listener` on a thread of its own: reads a
-/// request head, then hands the connection and the head to `answer`.
-fn serve_heads(
-    listener: std::net::TcpListener,
-    answer: fn(std::io::BufReader<std::net::TcpStream>, String),
-) {
-    use std::io::BufRead;
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = std::io::BufReader::new(conn);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    if reader.read_line(&mut head).unwrap_or(0) == 0 {
-                        return;
-                    }
-                }
-                answer(reader, head);
-            });
-        }
-    });
+/// FNV-1a over `bytes`, continuing from `hash`: what the slow reader
+/// reports of the bytes it got, so that order and content are checked.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        hash = (hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    hash
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// An upstream with a small receive window that reads a request body
-/// slowly and answers with how many bytes came: the gateway's writes to it
-/// block while the client's bytes keep coming.
+/// slowly and answers with how many bytes came (and their FNV-1a hash in
+/// `x-body-fnv`): the gateway's writes to it block while the client's
+/// bytes keep coming.
 fn slow_reading_upstream() -> u16 {
     use std::io::{Read, Write};
     let socket =
@@ -492,7 +481,7 @@ fn slow_reading_upstream() -> u16 {
     socket.listen(16).expect("listen");
     let listener: std::net::TcpListener = socket.into();
     let port = listener.local_addr().expect("an address").port();
-    serve_heads(listener, |mut reader, head| {
+    crate::harness::serve_heads(listener, |mut reader, head| {
         let length: usize = head
             .lines()
             .find_map(|l| {
@@ -503,17 +492,21 @@ fn slow_reading_upstream() -> u16 {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut got = 0;
+        let mut hash = FNV_OFFSET;
         let mut buf = [0u8; 8192];
         while got < length {
             match reader.read(&mut buf) {
                 Ok(0) | Err(_) => return,
-                Ok(n) => got += n,
+                Ok(n) => {
+                    got += n;
+                    hash = fnv1a(hash, &buf[..n]);
+                }
             }
             std::thread::sleep(std::time::Duration::from_micros(500));
         }
         let body = got.to_string();
         let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\nx-body-fnv: {hash:x}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         let _ = reader.get_mut().write_all(answer.as_bytes());
@@ -521,17 +514,23 @@ fn slow_reading_upstream() -> u16 {
     port
 }
 
-/// An upload to an upstream that reads slowly arrives whole: the pipe
+/// An upload to an upstream that reads slowly arrives whole and in order: the pipe
 /// from the request's downstream half to its upstream half fills, and the
 /// downstream half waits for room in it (vendor patch 23).
 #[test]
 fn an_upload_to_a_slow_reader_waits_for_room_and_arrives_whole() {
     let gw = Gateway::start(slow_reading_upstream(), "", "");
     let mut c = gw.connect();
-    let body = vec![b'z'; 4 << 20];
+    let body: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let r = c.send("POST", "/slow", &[], &body).expect("an answer");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body_text(), (4usize << 20).to_string());
+    let sent = format!("{:x}", fnv1a(FNV_OFFSET, &body));
+    assert_eq!(
+        r.header("x-body-fnv"),
+        Some(sent.as_str()),
+        "the same bytes in order"
+    );
 }
 
 /// An upstream that answers an upgrade (a WebSocket's: the only kind the
@@ -541,7 +540,7 @@ fn echoing_upgrade_upstream() -> u16 {
     use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("an address").port();
-    serve_heads(listener, |mut reader, _head| {
+    crate::harness::serve_heads(listener, |mut reader, _head| {
         let mut conn = reader.get_ref().try_clone().expect("a clone");
         let _ = conn.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
