@@ -30,6 +30,9 @@ path=${2:?path: /ok or /err}
 conns=${3:?connections}
 limit=${4:-1000000000}
 seconds=${5:-15}
+if [ "$limit" = 1 ] && [ "$target" != tollgate ]; then
+  echo "LIMIT 1 (429s) is tollgate's alone; $target has no limit here" >&2; exit 2
+fi
 . benches/load/common.sh
 need valgrind callgrind_control nginx wrk python3 curl
 warmup=5
@@ -91,6 +94,9 @@ after=$(answered)
 kill "$wrk_pid" 2>/dev/null || true
 requests=$((after - before))
 [ "$limit" = 1 ] || requests=$((requests - 1))
+if [ "$requests" -le 0 ]; then
+  echo "no request was answered in the counted $seconds s" >&2; exit 1
+fi
 summary=$(grep -h '^summary:' "$work"/cg.* | tail -n 1)
 events=$(grep -h '^events:' "$work"/cg.* | tail -n 1)
 python3 - "$target" "$path" "$conns" "$requests" "$events" "$summary" <<'PY'
