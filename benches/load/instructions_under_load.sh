@@ -10,12 +10,16 @@
 #   timeouts and limits; NGINX as the harness runs it, without its master
 #   process), PATH /ok or /err, LIMIT tollgate's per-IP rule (1: every
 #   request is its own 429), SECONDS of counted load (default 15).
-#   TOLLGATE_BIN=PATH counts that build of tollgate.
+#   TOLLGATE_BIN=PATH counts that build of tollgate; MAX_IN_FLIGHT=N runs
+#   it with upstream.max_in_flight = N.
 #   CACHE=1 adds callgrind's cache model (a 32 KiB first-level data cache
 #   and a 1 MiB last-level one, LL=size,ways,line to change the latter)
 #   and prints the data misses per request at each level: the memory a
 #   request touches that is no longer in cache, which is what grows with
 #   the number of connections.
+#   KEEP_CALLGRIND=DIR keeps the callgrind files there for
+#   callgrind_annotate (with CACHE=1 it can sort by the misses, e.g.
+#   `--sort=DLmr,DLmw,Ir`).
 #   SMOKE=1: the debug build and 2 s: checks that the script runs (CI).
 # One wrk run (one thread, the client library's headers, a 60 s timeout,
 # since under valgrind a request can take longer than wrk's default 2 s):
@@ -96,6 +100,9 @@ requests=$((after - before))
 [ "$limit" = 1 ] || requests=$((requests - 1))
 if [ "$requests" -le 0 ]; then
   echo "no request was answered in the counted $seconds s" >&2; exit 1
+fi
+if [ -n "${KEEP_CALLGRIND:-}" ]; then
+  mkdir -p "$KEEP_CALLGRIND" && cp "$work"/cg.* "$KEEP_CALLGRIND"/
 fi
 summary=$(grep -h '^summary:' "$work"/cg.* | tail -n 1)
 events=$(grep -h '^events:' "$work"/cg.* | tail -n 1)

@@ -15,6 +15,8 @@
 #   tollgate-unqueued  the same with upstream.max_in_flight out of reach:
 #             every request goes to the upstream at once (not in the
 #             default targets)
+#   tollgate-inflight-N  the same with upstream.max_in_flight = N (not in
+#             the default targets; several N compare in one interleaved run)
 # Scenarios: ok (200 pass-through), err (422: normalized by tollgate, passed
 # through by the others), limited (429 answered by the proxy itself:
 # tollgate, NGINX limit_req_status 429 and the bare proxy's empty 429; none
@@ -121,15 +123,14 @@ start_target() {
       # timeout between requests, a head deadline), so both pay for them.
       $pin_proxy "$bare_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" timeouts $refuse 2>/dev/null &
       target_pid=$! ;;
-    tollgate|tollgate-unqueued)
+    tollgate|tollgate-unqueued|tollgate-inflight-*)
       local limit=1000000000
       [ "$scenario" = limited ] && limit=1
-      tollgate_config "$target_port" "$limit" "$threads"
-      if [ "$name" = tollgate-unqueued ]; then
-        sed -i 's/^\[upstream\]$/[upstream]\nmax_in_flight = 1000000/' "$work/tollgate.toml"
-      elif [ -n "${MAX_IN_FLIGHT:-}" ]; then
-        sed -i "s/^\[upstream\]\$/[upstream]\nmax_in_flight = $MAX_IN_FLIGHT/" "$work/tollgate.toml"
-      fi
+      case "$name" in
+        tollgate-unqueued) MAX_IN_FLIGHT=1000000 tollgate_config "$target_port" "$limit" "$threads" ;;
+        tollgate-inflight-*) MAX_IN_FLIGHT=${name#tollgate-inflight-} tollgate_config "$target_port" "$limit" "$threads" ;;
+        *) tollgate_config "$target_port" "$limit" "$threads" ;;
+      esac
       TOLLGATE_LOG=error $pin_proxy "$tollgate_bin" --config "$work/tollgate.toml" 2>/dev/null &
       target_pid=$! ;;
   esac
