@@ -24,8 +24,8 @@ use crate::observe::Metrics;
 
 /// Pingora's threshold for timers: a timeout whose whole seconds exceed
 /// this runs on tokio's timer wheel rather than Pingora's own timer thread
-/// (0: every timeout of a second or more). The keep-alive wait and the upstream read each start a timeout
-/// per request, and Pingora's costs more (a look-up in a shared map of
+/// (0: every timeout of a second or more). The keep-alive wait and the
+/// upstream read each start a timeout per request, and Pingora's costs more (a look-up in a shared map of
 /// deadlines, two reference counts and a notifier per timeout, a clock
 /// read to check on its thread) than an entry in tokio's wheel. Pingora
 /// keeps its own timer by default (tokio's only past 15 minutes) for

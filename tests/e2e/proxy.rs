@@ -514,9 +514,9 @@ fn slow_reading_upstream() -> u16 {
     port
 }
 
-/// An upload to an upstream that reads slowly arrives whole and in order: the pipe
-/// from the request's downstream half to its upstream half fills, and the
-/// downstream half waits for room in it (vendor patch 23).
+/// An upload to an upstream that reads slowly arrives whole and in order:
+/// the pipe from the request's downstream half to its upstream half fills,
+/// and the downstream half waits for room in it (vendor patch 23).
 #[test]
 fn an_upload_to_a_slow_reader_waits_for_room_and_arrives_whole() {
     let gw = Gateway::start(slow_reading_upstream(), "", "");

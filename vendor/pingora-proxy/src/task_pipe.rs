@@ -168,6 +168,8 @@ impl<T> Permit<'_, T> {
         let mut state = self.sender.0.lock();
         state.reserved -= 1;
         if state.receiver_gone {
+            // `task` is dropped after the lock is let go: locals drop
+            // before arguments.
             return;
         }
         let tail = (state.head + state.len) % SLOTS;
