@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `/errors/{dialect}?status=N` | that dialect (see [`DIALECTS`]) with status N |
 //! | `/slow?ms=N` | 200 after N ms |
+//! | `/serial?ms=N` | 200 after N ms of a worker that serves one such request at a time (a saturated upstream) |
 //! | `/bytes?n=N[&chunked=1]` | 200 with N deterministic bytes |
 //! | `/custom-head` | 200 with the reason phrase `Fine Thanks` and an `X-Upstream-Note` header |
 //! | `/drip?n=N&ms=M` | 200 `text/event-stream`, chunked: the header, then N events M ms apart |
@@ -30,6 +31,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::http1::{chunked, full, head, read_request, Request};
 use tokio::net::{TcpListener, TcpStream};
+
+/// `/serial`'s one worker: requests past the first wait in line, so the
+/// answer time grows with the number waiting, as a saturated upstream's does.
+static SERIAL_WORKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Dialects served under `/errors/`.
 pub const DIALECTS: &[&str] = &[
@@ -150,6 +155,11 @@ async fn respond(stream: &mut TcpStream, req: &Request) -> std::io::Result<bool>
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(req.param_u64("ms", 1000))).await;
             full(200, json, &[], br#"{"ok":true,"slow":true}"#)
+        }
+        "/serial" => {
+            let _one_at_a_time = SERIAL_WORKER.lock().await;
+            tokio::time::sleep(Duration::from_millis(req.param_u64("ms", 10))).await;
+            full(200, json, &[], br#"{"ok":true,"serial":true}"#)
         }
         "/bytes" => {
             let body = pattern(req.param_u64("n", 1024) as usize);

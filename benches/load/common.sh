@@ -41,7 +41,8 @@ start_upstream() {
 
 # tollgate_config PORT LIMIT THREADS: $work/tollgate.toml, tollgate in
 # front of the upstream with a per-IP rule of LIMIT requests a minute
-# (and upstream.max_in_flight = $MAX_IN_FLIGHT when that is set).
+# (and upstream.max_in_flight = $MAX_IN_FLIGHT when that is set, and
+# upstream.adaptive_in_flight = true when $ADAPTIVE is 1).
 tollgate_config() {
   sed -e "s#__PORT__#$1#g" -e "s#__ADMIN__#$(free_port)#g" -e "s#__UPSTREAM__#$up_port#g" \
     -e "s#__LIMIT__#$2#g" -e "s#__THREADS__#$3#g" benches/load/tollgate.toml > "$work/tollgate.toml"
@@ -49,6 +50,11 @@ tollgate_config() {
     sed -i "s/^\[upstream\]\$/[upstream]\nmax_in_flight = $MAX_IN_FLIGHT/" "$work/tollgate.toml"
     grep -qx "max_in_flight = $MAX_IN_FLIGHT" "$work/tollgate.toml" ||
       { echo "no [upstream] table in benches/load/tollgate.toml for max_in_flight" >&2; exit 1; }
+  fi
+  if [ "${ADAPTIVE:-0}" = 1 ]; then
+    sed -i "s/^\[upstream\]\$/[upstream]\nadaptive_in_flight = true/" "$work/tollgate.toml"
+    grep -qx "adaptive_in_flight = true" "$work/tollgate.toml" ||
+      { echo "no [upstream] table in benches/load/tollgate.toml for adaptive_in_flight" >&2; exit 1; }
   fi
 }
 

@@ -17,6 +17,8 @@
 #             default targets)
 #   tollgate-inflight-N  the same with upstream.max_in_flight = N (not in
 #             the default targets; several N compare in one interleaved run)
+#   tollgate-adaptive  the same with upstream.adaptive_in_flight = true
+#             (not in the default targets)
 # Scenarios: ok (200 pass-through), err (422: normalized by tollgate, passed
 # through by the others), limited (429 answered by the proxy itself:
 # tollgate, NGINX limit_req_status 429 and the bare proxy's empty 429; none
@@ -123,12 +125,13 @@ start_target() {
       # timeout between requests, a head deadline), so both pay for them.
       $pin_proxy "$bare_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" timeouts $refuse 2>/dev/null &
       target_pid=$! ;;
-    tollgate|tollgate-unqueued|tollgate-inflight-*)
+    tollgate|tollgate-unqueued|tollgate-inflight-*|tollgate-adaptive)
       local limit=1000000000
       [ "$scenario" = limited ] && limit=1
       case "$name" in
         tollgate-unqueued) MAX_IN_FLIGHT=1000000 tollgate_config "$target_port" "$limit" "$threads" ;;
         tollgate-inflight-*) MAX_IN_FLIGHT=${name#tollgate-inflight-} tollgate_config "$target_port" "$limit" "$threads" ;;
+        tollgate-adaptive) ADAPTIVE=1 tollgate_config "$target_port" "$limit" "$threads" ;;
         *) tollgate_config "$target_port" "$limit" "$threads" ;;
       esac
       TOLLGATE_LOG=error $pin_proxy "$tollgate_bin" --config "$work/tollgate.toml" 2>/dev/null &
@@ -191,6 +194,12 @@ print("\t".join(map(str, [name, scenario, conns, rep, f"{reqs / float(dur):.0f}"
       f"{lat.get('99', 0):.3f}", f"{cpu_us:.1f}", int(rss) // 1024, bad, (errors.group(1).strip() if errors else "-"),
       f"{int(accepts) * 1000 / max(reqs, 1):.1f}"])))
 PY
+  if [ "$name" = tollgate-adaptive ]; then
+    # What the adaptive limit had settled on when the run ended.
+    local admin
+    admin=$(sed -n 's/^admin_listen = "\(.*\)"$/\1/p' "$work/tollgate.toml")
+    echo "tollgate-adaptive: $(curl -s "http://$admin/metrics" | grep '^tollgate_upstream_in_flight_limit ')" >&2
+  fi
   stop_target
   tail -n 1 "$results" >&2
 }

@@ -239,6 +239,7 @@ pub(super) fn compile(file: FileConfig, at: &At) -> Result<Config, ConfigError> 
                 .upstream
                 .max_in_flight
                 .unwrap_or(MAX_IN_FLIGHT_PER_THREAD.saturating_mul(server.threads)),
+            upstream_adaptive_in_flight: file.upstream.adaptive_in_flight,
             tls,
         },
         upstream,

@@ -179,6 +179,9 @@ pub struct UpstreamConfig {
     /// Default: [`MAX_IN_FLIGHT_PER_THREAD`] for each of `server.threads`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Whether the limit adapts below `max_in_flight`.
+    #[serde(default)]
+    pub adaptive_in_flight: bool,
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: HumanDuration,
 }

@@ -73,6 +73,10 @@ pub struct ServerSettings {
     /// Requests waiting on the upstream's answer at once
     /// (`upstream.max_in_flight`, read when the process starts).
     pub upstream_max_in_flight: usize,
+    /// Whether fewer slots than `upstream_max_in_flight` are in force when
+    /// fewer lose no throughput (`upstream.adaptive_in_flight`, read when
+    /// the process starts).
+    pub upstream_adaptive_in_flight: bool,
     /// `[server.tls]`, when TLS is terminated.
     pub tls: Option<TlsTermination>,
 }

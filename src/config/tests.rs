@@ -11,6 +11,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.server.threads, 2);
     assert_eq!(c.server.upstream_keepalive_pool_size, 1024);
     assert_eq!(c.server.upstream_max_in_flight, 256, "128 for each thread");
+    assert!(!c.server.upstream_adaptive_in_flight, "a fixed limit");
     assert_eq!(c.upstream.queue_timeout, Duration::from_secs(5));
     assert_eq!(c.errors.max_body_bytes, 65536);
     assert_eq!(c.rate_limit.limiter.max_keys, 1_000_000);
@@ -29,6 +30,8 @@ fn max_in_flight_follows_the_threads_unless_set() {
     .unwrap();
     assert_eq!(c.server.upstream_max_in_flight, 10);
     assert_eq!(c.upstream.queue_timeout, Duration::from_millis(250));
+    let c = parse("[upstream]\naddress = \"127.0.0.1:3000\"\nadaptive_in_flight = true\n").unwrap();
+    assert!(c.server.upstream_adaptive_in_flight);
 }
 
 #[test]

@@ -167,6 +167,9 @@ pub struct Metrics {
     pub upstream_queued: IntGauge,
     /// Requests refused with 503 after `upstream.queue_timeout` in line.
     pub upstream_queue_timeouts: IntCounter,
+    /// Slots in force: `upstream.max_in_flight`, or fewer as the adaptive
+    /// limit decides.
+    pub upstream_in_flight_limit: IntGauge,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     item_errors: IntCounterVec,
@@ -302,6 +305,11 @@ impl Metrics {
             "tollgate_upstream_queue_timeouts_total",
             "Requests refused with 503: no upstream.max_in_flight slot freed up within upstream.queue_timeout.",
         );
+        let upstream_in_flight_limit = unlabelled_gauge(
+            &reg,
+            "tollgate_upstream_in_flight_limit",
+            "Requests that may wait on the upstream at once now: upstream.max_in_flight, or fewer under upstream.adaptive_in_flight.",
+        );
         let item_errors = counter(
             &reg,
             "tollgate_item_errors_total",
@@ -364,6 +372,7 @@ impl Metrics {
             rate_limit_exempt,
             upstream_queued,
             upstream_queue_timeouts,
+            upstream_in_flight_limit,
             request_duration,
             upstream_duration,
             item_errors,

@@ -150,6 +150,10 @@ impl Live {
                 "upstream.max_in_flight",
                 old.upstream_max_in_flight != new.upstream_max_in_flight,
             ),
+            (
+                "upstream.adaptive_in_flight",
+                old.upstream_adaptive_in_flight != new.upstream_adaptive_in_flight,
+            ),
             ("server.tls.listen", tls_listen(old) != tls_listen(new)),
         ];
         keys.into_iter()

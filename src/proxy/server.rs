@@ -19,7 +19,7 @@ use super::live::Live;
 use super::patched;
 use super::tls::{load_pair, CertStore};
 use crate::admission::Admission;
-use crate::config::Config;
+use crate::config::{Config, ServerSettings};
 use crate::observe::Metrics;
 
 /// Pingora's threshold for timers: a timeout whose whole seconds exceed
@@ -126,11 +126,31 @@ pub struct Launch {
     pub upgrade: bool,
 }
 
+/// `upstream.max_in_flight`'s slots; under `upstream.adaptive_in_flight`,
+/// with the thread that decides how many are in force.
+fn admission(s: &ServerSettings, metrics: &Arc<Metrics>) -> Admission {
+    let max = s.upstream_max_in_flight;
+    let gauge = metrics.upstream_in_flight_limit.clone();
+    gauge.set(i64::try_from(max).unwrap_or(i64::MAX));
+    if !s.upstream_adaptive_in_flight {
+        return Admission::new(max);
+    }
+    let admission = Admission::adaptive(max);
+    let on_change = move |limit: usize| gauge.set(i64::try_from(limit).unwrap_or(i64::MAX));
+    if admission.start_adapting(max, on_change).is_none() {
+        tracing::warn!(
+            "no thread for upstream.adaptive_in_flight: the limit stays at max_in_flight"
+        );
+    }
+    admission
+}
+
 /// Build the server for a validated config and run it; returns only if
 /// the start fails.
 pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
     let s = &cfg.server;
     let metrics = Arc::new(Metrics::new());
+    let admission = admission(s, &metrics);
     // A pair that cannot be served stops the start, naming the file.
     let tls = match &cfg.server.tls {
         Some(t) => match load_pair(&t.cert_file, &t.key_file) {
@@ -168,7 +188,7 @@ pub fn run(launch: Launch, cfg: Config) -> std::io::Error {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(live.clone(), Admission::new(s.upstream_max_in_flight)),
+        Gateway::new(live.clone(), admission),
         "tollgate",
     );
     for addr in &s.listen {

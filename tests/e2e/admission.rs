@@ -330,3 +330,102 @@ fn http2_streams_wait_their_turn_and_a_reset_one_leaves_the_line() {
     assert_eq!(up.requests_seen(), 2, "the slow one and the kept one only");
     assert_eq!(metric(&gw.scrape(), "tollgate_upstream_queued"), 0.0);
 }
+
+/// `clients` threads, each sending GETs of `path` one after another until
+/// `stop` is set; each thread's statuses.
+fn load_until(
+    port: u16,
+    path: &'static str,
+    clients: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<JoinHandle<Vec<u16>>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            spawn(move || {
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    statuses.push(get(port, path).map_or(0, |r| r.status));
+                }
+                statuses
+            })
+        })
+        .collect()
+}
+
+/// Runs `clients` clients of `path` through an adaptive gateway of
+/// `max_in_flight` slots until `tollgate_upstream_in_flight_limit` meets
+/// `wanted`; every answer must be a 200.
+fn adaptive_limit_under_load(
+    path: &'static str,
+    max_in_flight: usize,
+    clients: usize,
+    mut wanted: impl FnMut(f64) -> bool,
+    what: &str,
+) {
+    let _alone = exclusive();
+    let up = Upstream::start();
+    let gw = Gateway::start(
+        up.port,
+        &format!("max_in_flight = {max_in_flight}\nadaptive_in_flight = true"),
+        "",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load_until(gw.port, path, clients, &stop);
+    let mut seen = Vec::new();
+    let met = (|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let limit = metric(&gw.scrape(), "tollgate_upstream_in_flight_limit");
+            seen.push(limit);
+            if wanted(limit) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("a client"))
+        .collect();
+    assert!(met, "{what}: the limits seen were {seen:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "every answer a 200: {:?}",
+        statuses.iter().filter(|&&s| s != 200).collect::<Vec<_>>()
+    );
+}
+
+/// An upstream that serves one request at a time (5 ms each): slots past
+/// a few only make requests wait inside it, so the adaptive limit falls
+/// from 64 to about 7 (docs/behaviour.md, "An adaptive limit").
+#[test]
+fn an_adaptive_limit_falls_in_front_of_a_saturated_upstream() {
+    adaptive_limit_under_load(
+        "/serial?ms=5",
+        64,
+        32,
+        |limit| (5.0..=16.0).contains(&limit),
+        "the limit fell to 5–16",
+    );
+}
+
+/// An upstream that answers in 50 ms however many wait: every slot adds
+/// throughput, so the adaptive limit goes back to `max_in_flight` once its
+/// first probe (at 4 slots) has measured the ideal time.
+#[test]
+fn an_adaptive_limit_keeps_every_slot_for_an_upstream_that_keeps_up() {
+    let mut probed = false;
+    adaptive_limit_under_load(
+        "/slow?ms=50",
+        32,
+        48,
+        move |limit| {
+            probed |= limit < 32.0;
+            probed && limit == 32.0
+        },
+        "the limit went back to 32 after the first probe",
+    );
+}
