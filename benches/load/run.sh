@@ -172,7 +172,18 @@ run_case() {
   local before after accepts_before accepts_after
   accepts_before=$(upstream_accepts)
   before=$(cpu_ticks "$measured")
+  local sampler=""
+  if [ "$name" = tollgate-adaptive ]; then
+    # The adaptive limit halfway through (at the end it sees connections
+    # close, not the load).
+    local admin
+    admin=$(sed -n 's/^admin_listen = "\(.*\)"$/\1/p' "$work/tollgate.toml")
+    (sleep "$(python3 -c "print($duration / 2)")"
+     curl -s "http://$admin/metrics" | awk '/^tollgate_upstream_in_flight_limit /{print $2}' > "$work/limit.txt") &
+    sampler=$!
+  fi
   $pin_load wrk -t1 -c"$c" -d"${duration}s" --latency "${client_headers[@]}" "$url" > "$work/wrk.txt" 2>&1
+  [ -z "$sampler" ] || wait "$sampler"
   after=$(cpu_ticks "$measured")
   accepts_after=$(upstream_accepts)
   local rss
@@ -195,10 +206,7 @@ print("\t".join(map(str, [name, scenario, conns, rep, f"{reqs / float(dur):.0f}"
       f"{int(accepts) * 1000 / max(reqs, 1):.1f}"])))
 PY
   if [ "$name" = tollgate-adaptive ]; then
-    # What the adaptive limit had settled on when the run ended.
-    local admin
-    admin=$(sed -n 's/^admin_listen = "\(.*\)"$/\1/p' "$work/tollgate.toml")
-    echo "tollgate-adaptive: $(curl -s "http://$admin/metrics" | grep '^tollgate_upstream_in_flight_limit ')" >&2
+    echo "tollgate-adaptive: slots in force halfway through: $(cat "$work/limit.txt")" >&2
   fi
   stop_target
   tail -n 1 "$results" >&2

@@ -169,7 +169,15 @@ impl Admission {
                     on_change(gradient.limit());
                     std::thread::sleep(ADAPTIVE_WINDOW);
                     let held = limiter.adaptive.take_window();
+                    let ideal_before = gradient.ideal();
                     gradient.on_window(Instant::now(), held);
+                    if let Some(ideal) = gradient.ideal().filter(|_| ideal_before.is_none()) {
+                        tracing::debug!(
+                            ?ideal,
+                            limit = gradient.limit(),
+                            "adaptive in-flight limit: probe ended"
+                        );
+                    }
                 }
             });
         // Without the thread the limit stays fixed at its ceiling.
