@@ -12,7 +12,7 @@ cargo test --all-targets
 # The load harness in smoke mode (2 s per case, debug build): it must run,
 # its figures are not judged here (docs/performance.md has real ones).
 command -v wrk >/dev/null || { echo "wrk missing" >&2; exit 1; }
-benches/load/run.sh --smoke --targets "direct nginx bare tollgate tollgate-inflight-8 tollgate-adaptive" > /dev/null
+benches/load/run.sh --smoke --targets "direct nginx bare bare-unpatched tollgate tollgate-inflight-8 tollgate-adaptive" > /dev/null
 SMOKE=1 benches/load/idle.sh 200 > /dev/null
 SMOKE=1 benches/load/instructions.sh 200 > /dev/null
 SMOKE=1 CACHE=1 benches/load/instructions_under_load.sh tollgate /ok 16 > /dev/null

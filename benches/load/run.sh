@@ -11,6 +11,10 @@
 #             timeouts and client limits as tollgate;
 #             in the 429 case it answers each request with an empty 429
 #             of its own (Pingora's API): the floor for a proxy's own answer
+#   bare-unpatched  the same proxy on Pingora 0.9.1 from crates.io, without
+#             tollgate's vendor patches (benches/load/bare-unpatched; its
+#             own build, made only when this target is asked for; not in
+#             the default targets)
 #   tollgate  1 thread, one never-triggering per-IP rule, metrics on
 #   tollgate-unqueued  the same with upstream.max_in_flight out of reach:
 #             every request goes to the upstream at once (not in the
@@ -89,7 +93,16 @@ fi
 # TOLLGATE_BIN: another tollgate build to measure (e.g. one without a patch).
 tollgate_bin=${TOLLGATE_BIN:-$dir/tollgate}
 bare_bin=$dir/examples/bare_proxy
-for bin in "$tollgate_bin" "$bare_bin"; do
+unpatched_bin=""
+case " $targets " in
+  *" bare-unpatched "*)
+    # Its own workspace and target directory: crates.io Pingora, unpatched.
+    unpatched_target=${CARGO_TARGET_DIR:-$PWD/target}/bare-unpatched
+    build=(--release); [ "$profile" = debug ] && build=()
+    cargo build "${build[@]}" --manifest-path benches/load/bare-unpatched/Cargo.toml --target-dir "$unpatched_target" >&2
+    unpatched_bin=$unpatched_target/$profile/bare-unpatched ;;
+esac
+for bin in "$tollgate_bin" "$bare_bin" $unpatched_bin; do
   [ -x "$bin" ] || { echo "not built: $bin" >&2; exit 1; }
 done
 
@@ -124,6 +137,13 @@ start_target() {
       # `timeouts`: tollgate's upstream timeouts and client limits (an idle
       # timeout between requests, a head deadline), so both pay for them.
       $pin_proxy "$bare_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" timeouts $refuse 2>/dev/null &
+      target_pid=$! ;;
+    bare-unpatched)
+      local refuse=""
+      [ "$scenario" = limited ] && refuse=refuse
+      # Always with tollgate's upstream timeouts; Pingora 0.9.1 has no
+      # client limits to set.
+      $pin_proxy "$unpatched_bin" "127.0.0.1:$target_port" "127.0.0.1:$up_port" "$threads" $refuse 2>/dev/null &
       target_pid=$! ;;
     tollgate|tollgate-unqueued|tollgate-inflight-*|tollgate-adaptive)
       local limit=1000000000
