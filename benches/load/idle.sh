@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Memory per idle keep-alive connection: tollgate, the bare Pingora proxy
-# (built from vendor/, with tollgate's limits) and NGINX, one after the
-# other, each in front of the same upstream.
+# (built from vendor/, with tollgate's limits), the same proxy on Pingora
+# 0.9.1 from crates.io (benches/load/bare-unpatched) and NGINX, one after
+# the other, each in front of the same upstream.
 #
 # Usage: benches/load/idle.sh [N]   (default 2000 connections)
 # For each proxy, benches/load/idle_conns.py opens N connections that send
@@ -18,6 +19,8 @@ profile=release; [ -n "${SMOKE:-}" ] && profile=debug
 build=(--release); [ "$profile" = debug ] && build=()
 cargo build "${build[@]}" --bin tollgate --example bare_proxy >&2
 dir=${CARGO_TARGET_DIR:-target}/$profile
+unpatched_target=${CARGO_TARGET_DIR:-$PWD/target}/bare-unpatched
+cargo build "${build[@]}" --manifest-path benches/load/bare-unpatched/Cargo.toml --target-dir "$unpatched_target" >&2
 start_upstream
 
 # measure NAME MODE PORT CMD...: start CMD (a proxy listening on PORT),
@@ -41,6 +44,9 @@ for mode in "" silent; do
 
   port=$(free_port)
   measure bare "$mode" "$port" "$dir/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$up_port" 1 timeouts
+
+  port=$(free_port)
+  measure bare-unpatched "$mode" "$port" "$unpatched_target/$profile/bare-unpatched" "127.0.0.1:$port" "127.0.0.1:$up_port" 1
 
   port=$(free_port)
   nginx_proxy_config "$port" 0
