@@ -27,6 +27,16 @@ need() {
   done
 }
 
+# build_unpatched_floor release|debug: builds the bare proxy on Pingora 0.9.1
+# from crates.io (benches/load/bare-unpatched: its own workspace and target
+# directory, so none of vendor/ reaches it) and sets unpatched_bin.
+build_unpatched_floor() {
+  local target=${CARGO_TARGET_DIR:-$PWD/target}/bare-unpatched flags=(--release)
+  [ "$1" = debug ] && flags=()
+  cargo build "${flags[@]}" --manifest-path benches/load/bare-unpatched/Cargo.toml --target-dir "$target" >&2
+  unpatched_bin=$target/$1/bare-unpatched
+}
+
 # start_upstream [PREFIX...]: the upstream NGINX (a fixed 200 and 422 JSON)
 # for the whole run, started under PREFIX (e.g. taskset); sets up_port and
 # up_pid.

@@ -19,8 +19,7 @@ profile=release; [ -n "${SMOKE:-}" ] && profile=debug
 build=(--release); [ "$profile" = debug ] && build=()
 cargo build "${build[@]}" --bin tollgate --example bare_proxy >&2
 dir=${CARGO_TARGET_DIR:-target}/$profile
-unpatched_target=${CARGO_TARGET_DIR:-$PWD/target}/bare-unpatched
-cargo build "${build[@]}" --manifest-path benches/load/bare-unpatched/Cargo.toml --target-dir "$unpatched_target" >&2
+build_unpatched_floor "$profile"
 start_upstream
 
 # measure NAME MODE PORT CMD...: start CMD (a proxy listening on PORT),
@@ -46,7 +45,7 @@ for mode in "" silent; do
   measure bare "$mode" "$port" "$dir/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$up_port" 1 timeouts
 
   port=$(free_port)
-  measure bare-unpatched "$mode" "$port" "$unpatched_target/$profile/bare-unpatched" "127.0.0.1:$port" "127.0.0.1:$up_port" 1
+  measure bare-unpatched "$mode" "$port" "$unpatched_bin" "127.0.0.1:$port" "127.0.0.1:$up_port" 1
 
   port=$(free_port)
   nginx_proxy_config "$port" 0

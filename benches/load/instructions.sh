@@ -37,10 +37,7 @@ profile=release; [ -n "${SMOKE:-}" ] && profile=debug
 build=(--release); [ "$profile" = debug ] && build=()
 cargo build "${build[@]}" --bin tollgate --example bare_proxy >&2
 dir=${CARGO_TARGET_DIR:-target}/$profile
-# The unpatched floor (crates.io Pingora, its own workspace and target).
-unpatched_target=${CARGO_TARGET_DIR:-$PWD/target}/bare-unpatched
-cargo build "${build[@]}" --manifest-path benches/load/bare-unpatched/Cargo.toml --target-dir "$unpatched_target" >&2
-unpatched_dir=$unpatched_target/$profile
+build_unpatched_floor "$profile"
 
 # Keep-alive client: REQUESTS requests over 4 connections.
 #   CLIENT=realistic (default): the headers a client library sends (Host,
@@ -118,7 +115,7 @@ if [ -z "${TOLLGATE_ONLY:-}" ]; then
   [ "$limit" = 1 ] && bare_refuse=refuse
   count bare "$bare_port" -- "$dir/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" 1 ${BARE_TIMEOUTS:+timeouts} $bare_refuse
   unpatched_port=$(free_port)
-  count bare_unpatched "$unpatched_port" -- "$unpatched_dir/bare-unpatched" "127.0.0.1:$unpatched_port" "127.0.0.1:$up_port" 1 $bare_refuse
+  count bare_unpatched "$unpatched_port" -- "$unpatched_bin" "127.0.0.1:$unpatched_port" "127.0.0.1:$up_port" 1 $bare_refuse
 fi
 tg_port=$(free_port)
 tollgate_config "$tg_port" "$limit" 1

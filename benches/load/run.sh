@@ -96,13 +96,9 @@ bare_bin=$dir/examples/bare_proxy
 unpatched_bin=""
 case " $targets " in
   *" bare-unpatched "*)
-    # Its own workspace and target directory: crates.io Pingora, unpatched.
-    unpatched_target=${CARGO_TARGET_DIR:-$PWD/target}/bare-unpatched
-    build=(--release); [ "$profile" = debug ] && build=()
-    cargo build "${build[@]}" --manifest-path benches/load/bare-unpatched/Cargo.toml --target-dir "$unpatched_target" >&2
-    unpatched_bin=$unpatched_target/$profile/bare-unpatched ;;
+    build_unpatched_floor "$profile" ;;
 esac
-for bin in "$tollgate_bin" "$bare_bin" $unpatched_bin; do
+for bin in "$tollgate_bin" "$bare_bin" ${unpatched_bin:+"$unpatched_bin"}; do
   [ -x "$bin" ] || { echo "not built: $bin" >&2; exit 1; }
 done
 
