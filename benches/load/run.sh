@@ -30,10 +30,13 @@
 #
 # For each run: requests/s, p50/p99 latency, CPU microseconds per request
 # of the proxy process (utime+stime from /proc/PID/stat, before and after),
-# peak RSS (VmHWM). Medians and ratios are printed at the end. When the
-# machine has 2 or more cores the proxy is pinned to CPU 1 and wrk and the
-# upstream to CPU 0 (--no-pin leaves scheduling to the kernel, for
-# measuring more than one proxy thread).
+# peak RSS (VmHWM), and how busy CPU 0 was (wrk and the upstream, when
+# pinned: near 1.00 the load side, not the proxy, may have set the pace).
+# Medians and ratios are printed at the end. When the machine has 2 or
+# more cores the proxy is pinned to CPU 1 and wrk and the upstream to
+# CPU 0 (--no-pin leaves scheduling to the kernel, for measuring more than
+# one proxy thread). A run with an answer of the wrong status (anything
+# but 200 in `ok`, a 2xx in `err` or `limited`) is reported on stderr.
 #
 # Usage: benches/load/run.sh [--smoke] [--duration S] [--repeats N]
 #          [--conns "64 1000"] [--scenarios "ok err limited"]
@@ -45,7 +48,8 @@
 #   MAX_IN_FLIGHT=N runs the tollgate target with upstream.max_in_flight = N
 #   (default: tollgate's own, 128 per thread).
 #   --smoke: 2 s per case, 1 repeat, 64 connections, debug build: checks
-#   that the harness runs (CI), not how fast anything is.
+#   that the harness runs and every target answers as the scenario expects
+#   (it fails on a wrong status), not how fast anything is (CI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -59,9 +63,10 @@ profile=release
 out=""
 warmup=2
 no_pin=0
+strict=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --smoke) duration=2; repeats=1; conns="64"; profile=debug; warmup=0 ;;
+    --smoke) duration=2; repeats=1; conns="64"; profile=debug; warmup=0; strict=1 ;;
     --duration) duration=$2; shift ;;
     --repeats) repeats=$2; shift ;;
     --conns) conns=$2; shift ;;
@@ -164,6 +169,9 @@ stop_target() {
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# "busy total" jiffies of CPU 0 (wrk and the upstream when pinned), to tell
+# whether the load side, not the proxy, limited a run.
+load_cpu_jiffies() { awk '$1 == "cpu0" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
 # Connections the upstream has accepted so far (its stub_status, over a
 # connection of its own that this count includes).
 upstream_accepts() { curl -s "http://127.0.0.1:$up_port/nginx_status" | awk 'NR == 3 {print $1}'; }
@@ -185,9 +193,10 @@ run_case() {
   if [ "$name" = direct ] || [ "$name" = nginx ]; then
     measured=$(pgrep -P "$target_pid" | head -n 1)
   fi
-  local before after accepts_before accepts_after
+  local before after accepts_before accepts_after load_before load_after
   accepts_before=$(upstream_accepts)
   before=$(cpu_ticks "$measured")
+  load_before=$(load_cpu_jiffies)
   local sampler=""
   if [ "$name" = tollgate-adaptive ]; then
     # The adaptive limit halfway through (at the end it sees connections
@@ -201,14 +210,15 @@ run_case() {
   $pin_load wrk -t1 -c"$c" -d"${duration}s" --latency "${client_headers[@]}" "$url" > "$work/wrk.txt" 2>&1
   [ -z "$sampler" ] || wait "$sampler"
   after=$(cpu_ticks "$measured")
+  load_after=$(load_cpu_jiffies)
   accepts_after=$(upstream_accepts)
   local rss
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$measured/status")
   python3 - "$work/wrk.txt" "$name" "$scenario" "$c" "$rep" "$((after - before))" "$clk" "$rss" "$duration" \
-    "$((accepts_after - accepts_before - 1))" >> "$results" <<'PY'
+    "$((accepts_after - accepts_before - 1))" "$load_before" "$load_after" "$pin_load" "$strict" >> "$results" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
-name, scenario, conns, rep, ticks, clk, rss, dur, accepts = sys.argv[2:]
+name, scenario, conns, rep, ticks, clk, rss, dur, accepts, load_before, load_after, pinned, strict = sys.argv[2:]
 def unit(v, u):
     return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[u]
 reqs = int(re.search(r"(\d+) requests in", text).group(1))
@@ -217,9 +227,19 @@ bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 bad = int(bad.group(1)) if bad else 0
 errors = re.search(r"Socket errors: (.*)", text)
 cpu_us = int(ticks) * 1e6 / int(clk) / max(reqs, 1)
+(busy0, total0), (busy1, total1) = (map(int, load_before.split())), (map(int, load_after.split()))
+# CPU 0's busy share during the run: wrk and the upstream, when pinned there.
+load_busy = f"{(busy1 - busy0) / max(total1 - total0, 1):.2f}" if pinned else "-"
 print("\t".join(map(str, [name, scenario, conns, rep, f"{reqs / float(dur):.0f}", f"{lat.get('50', 0):.3f}",
       f"{lat.get('99', 0):.3f}", f"{cpu_us:.1f}", int(rss) // 1024, bad, (errors.group(1).strip() if errors else "-"),
-      f"{int(accepts) * 1000 / max(reqs, 1):.1f}"])))
+      f"{int(accepts) * 1000 / max(reqs, 1):.1f}", load_busy])))
+# Every answer should be the scenario's: 200s pass through, 422s and 429s
+# are non-2xx to wrk. Anything else measured the wrong thing.
+unexpected = bad if scenario == "ok" else reqs - bad
+if reqs == 0 or unexpected:
+    print(f"{name} {scenario} at {conns} connections: {reqs} requests, {unexpected} with an unexpected status",
+          file=sys.stderr)
+    sys.exit(3 if strict == "1" else 0)
 PY
   if [ "$name" = tollgate-adaptive ]; then
     echo "tollgate-adaptive: slots in force halfway through: $(cat "$work/limit.txt")" >&2
@@ -228,7 +248,7 @@ PY
   tail -n 1 "$results" >&2
 }
 
-printf 'target\tscenario\tconns\trep\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tpeak_rss_mb\tnon_2xx\tsocket_errors\tupstream_conns_per_1k\n' > "$results"
+printf 'target\tscenario\tconns\trep\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tpeak_rss_mb\tnon_2xx\tsocket_errors\tupstream_conns_per_1k\tload_cpu_busy\n' > "$results"
 echo "target scenario conns rep req/s p50_ms p99_ms cpu_us/req rss_mb non2xx socket_errors upstream_conns/1k_req" >&2
 for c in $conns; do
   for scenario in $scenarios; do
@@ -250,16 +270,18 @@ for key in {(r["scenario"], r["conns"], r["target"]) for r in rows}:
     sel = [r for r in rows if (r["scenario"], r["conns"], r["target"]) == key]
     med[key] = {f: statistics.median(float(r[f]) for r in sel)
                 for f in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "peak_rss_mb", "upstream_conns_per_1k")}
+    busy = [float(r["load_cpu_busy"]) for r in sel if r["load_cpu_busy"] != "-"]
+    med[key]["load_cpu_busy"] = f"{statistics.median(busy):.2f}" if busy else "-"
 print()
-print("| scenario | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | upstream conns / 1k req | CPU vs nginx | CPU vs bare | p99 vs nginx | RSS vs nginx |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | upstream conns / 1k req | load CPU busy | CPU vs nginx | CPU vs bare | p99 vs nginx | RSS vs nginx |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for (scenario, conns, target) in sorted(med, key=lambda k: (k[0], int(k[1]), k[2])):
     m = med[(scenario, conns, target)]
     def ratio(other, field="cpu_us_per_req"):
         o = med.get((scenario, conns, other))
         return f"{m[field] / o[field]:.2f}" if o and o[field] else "-"
     print(f"| {scenario} | {conns} | {target} | {m['req_per_s']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
-          f"{m['cpu_us_per_req']:.1f} | {m['peak_rss_mb']:.0f} | {m['upstream_conns_per_1k']:.1f} | {ratio('nginx')} | {ratio('bare')} | "
+          f"{m['cpu_us_per_req']:.1f} | {m['peak_rss_mb']:.0f} | {m['upstream_conns_per_1k']:.1f} | {m['load_cpu_busy']} | {ratio('nginx')} | {ratio('bare')} | "
           f"{ratio('nginx', 'p99_ms')} | {ratio('nginx', 'peak_rss_mb')} |")
 for conns in sorted({k[1] for k in med}, key=int):
     ok = med.get(("ok", conns, "tollgate"))
